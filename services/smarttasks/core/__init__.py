@@ -1,0 +1,1 @@
+"""Shared kernel of SmartTasks: settings, logging, metrics, database, events, auth, errors, HTTP."""

@@ -1,0 +1,1 @@
+"""Composition root: the embedded all-in-one app, process entry points and the CLI."""

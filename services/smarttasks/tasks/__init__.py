@@ -1,0 +1,1 @@
+"""The task service: tasks with owners, assignees and deadlines; every change emits an event."""

@@ -1,0 +1,150 @@
+"""HTTP endpoints of the users service (thin: validate, authorise, call the service)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi.security import OAuth2PasswordRequestForm
+
+from smarttasks.core.auth import AdminPrincipal, CurrentPrincipal
+from smarttasks.core.db import SessionDep
+from smarttasks.core.errors import BadRequest
+from smarttasks.users import service
+from smarttasks.users.repository import UserRepository
+from smarttasks.users.schemas import RefreshIn, RegisterIn, TokenOut, UserOut, UserPage, UserPatch
+from smarttasks.users.service import AuthContext
+
+router = APIRouter(prefix="/api/v1")
+
+PROBLEM = {"content": {"application/problem+json": {}}}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or invalid access token", **PROBLEM},
+    422: {"description": "Invalid input; `errors` names each field", **PROBLEM},
+}
+
+
+def _auth(request: Request) -> AuthContext:
+    ctx: AuthContext = request.app.state.users_auth
+    return ctx
+
+
+AuthDep = Annotated[AuthContext, Depends(_auth)]
+
+
+@router.post(
+    "/auth/register",
+    response_model=UserOut,
+    status_code=status.HTTP_201_CREATED,
+    tags=["auth"],
+    summary="Create an account",
+    responses={409: {"description": "Email already registered", **PROBLEM}, 422: ERRORS[422]},
+)
+async def register(data: RegisterIn, session: SessionDep, auth: AuthDep) -> UserOut:
+    user = await service.register(session, data=data, hasher=auth.hasher)
+    return UserOut.model_validate(user)
+
+
+@router.post(
+    "/auth/token",
+    response_model=TokenOut,
+    tags=["auth"],
+    summary="Log in with email and password (OAuth2 password flow)",
+    responses={
+        401: {"description": "Incorrect email or password", **PROBLEM},
+        429: {"description": "Too many attempts; see Retry-After", **PROBLEM},
+    },
+)
+async def token(
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    request: Request,
+    session: SessionDep,
+    auth: AuthDep,
+) -> TokenOut:
+    if len(form.username) > 320 or len(form.password) > 1024:
+        raise BadRequest("username or password too long")
+    address = request.client.host if request.client else "unknown"
+    return await service.login(
+        session, email=form.username, password=form.password, address=address, auth=auth
+    )
+
+
+@router.post(
+    "/auth/refresh",
+    response_model=TokenOut,
+    tags=["auth"],
+    summary="Exchange a refresh token for new tokens (the old one is spent)",
+    responses={401: {"description": "Invalid, expired, revoked or reused token", **PROBLEM}},
+)
+async def refresh(data: RefreshIn, session: SessionDep, auth: AuthDep) -> TokenOut:
+    return await service.refresh(session, token=data.refresh_token, auth=auth)
+
+
+@router.post(
+    "/auth/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["auth"],
+    summary="Revoke a refresh token and every token rotated from it",
+)
+async def logout(data: RefreshIn, session: SessionDep) -> None:
+    await service.logout(session, token=data.refresh_token)
+
+
+@router.get(
+    "/users/me", response_model=UserOut, tags=["users"], summary="Your profile", responses=ERRORS
+)
+async def me(principal: CurrentPrincipal, session: SessionDep) -> UserOut:
+    return UserOut.model_validate(await service.get_user(session, principal.user_id))
+
+
+@router.patch(
+    "/users/me",
+    response_model=UserOut,
+    tags=["users"],
+    summary="Change your display name, time zone or email notifications",
+    responses=ERRORS,
+)
+async def patch_me(patch: UserPatch, principal: CurrentPrincipal, session: SessionDep) -> UserOut:
+    user = await service.update_me(session, user_id=principal.user_id, patch=patch)
+    return UserOut.model_validate(user)
+
+
+@router.get(
+    "/users",
+    response_model=UserPage,
+    tags=["users"],
+    summary="List accounts (administrators)",
+    responses={**ERRORS, 403: {"description": "Not an administrator", **PROBLEM}},
+)
+async def list_users(
+    _admin: AdminPrincipal,
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 50,
+    cursor: Annotated[uuid.UUID | None, Query(description="`next_cursor` of the last page")] = None,
+) -> UserPage:
+    users = await UserRepository(session).page(after=cursor, limit=limit + 1)
+    items = [UserOut.model_validate(u) for u in users[:limit]]
+    next_cursor = str(items[-1].id) if len(users) > limit else None
+    return UserPage(items=items, next_cursor=next_cursor)
+
+
+@router.get(
+    "/users/{user_id}",
+    response_model=UserOut,
+    tags=["users"],
+    summary="One account (administrators and services)",
+    responses={**ERRORS, 403: {"description": "Not an administrator", **PROBLEM}},
+)
+async def get_user(user_id: uuid.UUID, _admin: AdminPrincipal, session: SessionDep) -> UserOut:
+    return UserOut.model_validate(await service.get_user(session, user_id))
+
+
+jwks_router = APIRouter()
+
+
+@jwks_router.get(
+    "/.well-known/jwks.json", tags=["auth"], summary="Public keys that verify access tokens"
+)
+async def jwks(auth: AuthDep) -> dict[str, Any]:
+    return auth.signer.jwks
