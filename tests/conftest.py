@@ -14,4 +14,5 @@ os.environ.setdefault("SMARTTASKS_ENVIRONMENT", "test")
 pytest_plugins = [
     "tests.fixtures.db",
     "tests.fixtures.api",
+    "tests.fixtures.server",
 ]

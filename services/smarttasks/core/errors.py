@@ -8,6 +8,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger()
@@ -112,6 +113,42 @@ class ServiceUnavailable(AppError):
 
     status_code = 503
     title = "Service Unavailable"
+
+
+class FieldError(BaseModel):
+    """One invalid input, named so a person can find and fix it."""
+
+    field: str = Field(description="Dotted path of the field, e.g. `labels.0`.")
+    in_: str = Field(alias="in", description="body, query, path or header.")
+    message: str
+
+
+class Problem(BaseModel):
+    """An error response (RFC 9457 problem details)."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[FieldError] | None = None
+
+
+def problem_responses(descriptions: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for problem-JSON errors, keyed by status code."""
+    schema = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    return {
+        code: {"description": text, "model": Problem, "content": {PROBLEM_JSON: schema}}
+        for code, text in descriptions.items()
+    }
+
+
+COMMON_ERRORS = problem_responses(
+    {
+        400: "Malformed request (e.g. a body that is not JSON)",
+        413: "Request body too large",
+        422: "Invalid input; `errors` names each field",
+    }
+)
 
 
 def problem(

@@ -12,7 +12,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from smarttasks.core.errors import install_error_handlers, problem
+from smarttasks.core.errors import COMMON_ERRORS, install_error_handlers, problem
 from smarttasks.core.metrics import MetricsMiddleware, metrics_endpoint
 
 log = structlog.get_logger()
@@ -153,7 +153,7 @@ def create_app(
     app = FastAPI(title=title, version=version, description=description, lifespan=lifespan)
     install_error_handlers(app)
     for router in routers:
-        app.include_router(router)
+        app.include_router(router, responses=COMMON_ERRORS)
     app.include_router(probes_router(readiness))
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     app.add_middleware(BodySizeLimitMiddleware)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -12,9 +13,13 @@ from sqlalchemy import (
     DateTime,
     Identity,
     Index,
+    Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
+    Text,
+    UniqueConstraint,
     Uuid,
     func,
     insert,
@@ -67,4 +72,108 @@ async def add_to_outbox(
             aggregate_id=aggregate_id,
             payload=payload,
         )
+    )
+
+
+# Every outbox insert notifies this channel with the table's qualified name as payload;
+# relays LISTEN on it instead of polling.
+OUTBOX_CHANNEL = "smarttasks_outbox"
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _identifier(name: str) -> str:
+    """`name` double-quoted, after refusing anything but a plain lower-case identifier."""
+    if not _IDENTIFIER.match(name):
+        raise ValueError(f"not a plain SQL identifier: {name!r}")
+    return f'"{name}"'
+
+
+def outbox_ordering_index(table: Table) -> Index:
+    """Index that lets relays find an earlier unsent event of the same aggregate quickly.
+
+    The relay refuses to publish an event while an earlier one of the same aggregate is
+    still unsent (held by another relay), which keeps per-aggregate order with several
+    relays running; this index keeps that check cheap.
+    """
+    return Index(
+        f"ix_{table.name}_unsent_aggregate",
+        table.c.aggregate_id,
+        table.c.seq,
+        postgresql_where=text("sent_at IS NULL"),
+    )
+
+
+def outbox_notify_ddl(schema: str, table: str = "outbox") -> list[str]:
+    """SQL making every insert into `schema.table` wake the relays (`LISTEN smarttasks_outbox`).
+
+    The trigger fires once per statement, and PostgreSQL folds identical notifications of
+    one transaction into one, so a busy producer costs one notification per commit.
+    """
+    qualified = f"{_identifier(schema)}.{_identifier(table)}"
+    function = f"{_identifier(schema)}.{_identifier(table + '_notify')}"
+    trigger = _identifier(table + "_notify")
+    return [
+        f"""CREATE OR REPLACE FUNCTION {function}() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('{OUTBOX_CHANNEL}', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME);
+    RETURN NULL;
+END
+$$""",
+        f"DROP TRIGGER IF EXISTS {trigger} ON {qualified}",
+        f"CREATE TRIGGER {trigger} AFTER INSERT ON {qualified} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {function}()",
+    ]
+
+
+def outbox_notify_drop_ddl(schema: str, table: str = "outbox") -> list[str]:
+    """SQL undoing `outbox_notify_ddl`."""
+    qualified = f"{_identifier(schema)}.{_identifier(table)}"
+    function = f"{_identifier(schema)}.{_identifier(table + '_notify')}"
+    return [
+        f"DROP TRIGGER IF EXISTS {_identifier(table + '_notify')} ON {qualified}",
+        f"DROP FUNCTION IF EXISTS {function}()",
+    ]
+
+
+def inbox_table(metadata: MetaData, name: str = "inbox") -> Table:
+    """Events a consumer has applied, one row per (consumer, event id), in the consumer's schema.
+
+    Inserted in the same transaction as the handler's changes, so a redelivered event
+    finds its row and is acknowledged without being applied again.
+    """
+    return Table(
+        name,
+        metadata,
+        Column("consumer", String(200), nullable=False),
+        Column("event_id", Uuid, nullable=False),
+        Column(
+            "processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()
+        ),
+        PrimaryKeyConstraint("consumer", "event_id", name=f"pk_{name}"),
+        Index(f"ix_{name}_processed_at", "processed_at"),
+    )
+
+
+def dead_letter_table(metadata: MetaData, name: str = "dead_letters") -> Table:
+    """Events a consumer gave up on in embedded mode (the broker keeps its own dead-letter queues).
+
+    One row per (consumer, event id) with why it failed, so nothing is dropped silently
+    and an operator can inspect or replay it.
+    """
+    return Table(
+        name,
+        metadata,
+        Column("id", BigInteger, Identity(always=True), primary_key=True),
+        Column("consumer", String(200), nullable=False),
+        Column("event_id", Uuid, nullable=False),
+        Column("exchange", String(100), nullable=False),
+        Column("routing_key", String(100), nullable=False),
+        Column("payload", JSONB, nullable=False),
+        Column("reason", String(50), nullable=False),
+        Column("error", Text, nullable=False, server_default=""),
+        Column("attempts", Integer, nullable=False),
+        Column("failed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        UniqueConstraint("consumer", "event_id", name=f"uq_{name}_consumer_event_id"),
     )

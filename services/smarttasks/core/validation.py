@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 
 
 def _storable(value: str) -> str:
@@ -19,3 +19,15 @@ def _storable(value: str) -> str:
 
 StorableStr = Annotated[str, AfterValidator(_storable)]
 """A string PostgreSQL can store as `text`; anything else is a 422 naming the field."""
+
+
+def _iso_text_only(value: object) -> object:
+    if isinstance(value, int | float):
+        raise ValueError(
+            "must be an ISO 8601 date-time with a UTC offset, e.g. 2030-01-01T09:00+01:00"
+        )
+    return value
+
+
+AwareIsoDatetime = Annotated[AwareDatetime, BeforeValidator(_iso_text_only)]
+"""A date-time given as ISO 8601 text with an offset; naive times and epoch numbers are refused."""

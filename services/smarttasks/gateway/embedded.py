@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import structlog
@@ -46,7 +47,9 @@ def run_embedded(*, host: str, port: int, data_dir: Path) -> int:
         app = create_embedded_app(settings)
         _banner(host=host, port=port, data_dir=data_dir, first_run=first_run)
         config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
-        uvicorn.Server(config).run()
+        # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal.
+        with contextlib.suppress(KeyboardInterrupt):
+            uvicorn.Server(config).run()
     finally:
         log.info("stopping_postgres")
         database.stop()

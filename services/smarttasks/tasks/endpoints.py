@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response, status
-from pydantic import AwareDatetime
 
 from smarttasks.core.auth import CurrentPrincipal
 from smarttasks.core.db import SessionDep
-from smarttasks.core.errors import BadRequest
-from smarttasks.core.validation import StorableStr
+from smarttasks.core.errors import BadRequest, problem_responses
+from smarttasks.core.validation import AwareIsoDatetime, StorableStr
 from smarttasks.tasks import service
 from smarttasks.tasks.models import Task
 from smarttasks.tasks.repository import TaskFilter
@@ -20,15 +19,10 @@ from smarttasks.tasks.schemas import SortKey, TaskCreate, TaskOut, TaskPage, Tas
 
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
-PROBLEM = {"content": {"application/problem+json": {}}}
-COMMON: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or invalid access token", **PROBLEM},
-    422: {"description": "Invalid input; `errors` names each field", **PROBLEM},
-}
-ONE: dict[int | str, dict[str, Any]] = {
-    **COMMON,
-    404: {"description": "No such task, or not visible to you", **PROBLEM},
-}
+COMMON = problem_responses(
+    {401: "Missing or invalid access token", 422: "Invalid input; `errors` names each field"}
+)
+ONE = {**COMMON, **problem_responses({404: "No such task, or not visible to you"})}
 
 
 def _etag(task: Task) -> str:
@@ -64,7 +58,7 @@ async def create_task(
     "",
     response_model=TaskPage,
     summary="List the tasks you own or are assigned, with filters and cursor pagination",
-    responses={**COMMON, 400: {"description": "Invalid cursor", **PROBLEM}},
+    responses={**COMMON, **problem_responses({400: "Invalid cursor"})},
 )
 async def list_tasks(
     principal: CurrentPrincipal,
@@ -73,8 +67,8 @@ async def list_tasks(
     assignee: Annotated[str | None, Query(description="A user id, or `me`", max_length=36)] = None,
     project: Annotated[str | None, Query(max_length=63)] = None,
     label: Annotated[StorableStr | None, Query(max_length=50)] = None,
-    due_before: AwareDatetime | None = None,
-    due_after: AwareDatetime | None = None,
+    due_before: AwareIsoDatetime | None = None,
+    due_after: AwareIsoDatetime | None = None,
     overdue: Annotated[bool, Query(description="Only open tasks whose deadline passed")] = False,
     q: Annotated[StorableStr | None, Query(max_length=200, description="Title contains")] = None,
     sort: SortKey = SortKey.CREATED_DESC,
@@ -118,7 +112,7 @@ async def get_task(
     "/{task_id}",
     response_model=TaskOut,
     summary="Change a task; send If-Match with its ETag to avoid overwriting others' changes",
-    responses={**ONE, 412: {"description": "The task changed since your ETag", **PROBLEM}},
+    responses={**ONE, **problem_responses({412: "The task changed since your ETag"})},
 )
 async def patch_task(
     task_id: uuid.UUID,
@@ -143,7 +137,7 @@ async def patch_task(
     "/{task_id}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a task (owner or administrator)",
-    responses={**ONE, 403: {"description": "Only the owner may delete", **PROBLEM}},
+    responses={**ONE, **problem_responses({403: "Only the owner may delete"})},
 )
 async def delete_task(task_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep) -> None:
     await service.delete_task(session, task_id=task_id, principal=principal)

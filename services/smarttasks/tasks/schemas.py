@@ -5,11 +5,11 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from smarttasks.core.validation import StorableStr
+from smarttasks.core.validation import AwareIsoDatetime, StorableStr
 
 
 class TaskStatus(StrEnum):
@@ -39,7 +39,7 @@ def _dedupe(labels: list[str] | None) -> list[str] | None:
     return list(dict.fromkeys(labels)) if labels is not None else None
 
 
-EXAMPLE = {
+EXAMPLE: dict[str, Any] = {
     "title": "Renew the TLS certificate",
     "description": "The wildcard certificate expires on Friday.",
     "priority": "high",
@@ -61,7 +61,7 @@ class TaskCreate(BaseModel):
     labels: Labels = Field(default_factory=list)
     project: ProjectSlug | None = None
     assignee_id: uuid.UUID | None = None
-    due_at: AwareDatetime | None = Field(
+    due_at: AwareIsoDatetime | None = Field(
         default=None, description="ISO 8601 with a UTC offset; naive times are refused."
     )
 
@@ -80,7 +80,7 @@ class TaskPatch(BaseModel):
     labels: Labels | None = None
     project: ProjectSlug | None = None
     assignee_id: uuid.UUID | None = None
-    due_at: AwareDatetime | None = None
+    due_at: AwareIsoDatetime | None = None
 
     _labels = field_validator("labels")(_dedupe)
 

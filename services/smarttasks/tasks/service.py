@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 import structlog
@@ -90,8 +91,8 @@ async def update_task(
                 f"{field}: may not be null",
                 errors=[{"field": field, "in": "body", "message": "may not be null"}],
             )
-        if isinstance(value, list):
-            value = list(value)
+        if isinstance(value, StrEnum):
+            value = value.value
         old = getattr(task, field)
         if old != value:
             changes[field] = [_jsonable(old), _jsonable(value)]
@@ -111,7 +112,7 @@ async def update_task(
     elif "assignee_id" in changes:
         kind = TaskEventType.ASSIGNED
     await publish_task_event(session, kind=kind, task=task, principal=principal, changes=changes)
-    log.info("task_updated", task_id=str(task.id), fields=sorted(changes), event=kind.value)
+    log.info("task_updated", task_id=str(task.id), fields=sorted(changes), event_type=kind.value)
     return task
 
 

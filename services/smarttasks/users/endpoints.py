@@ -10,7 +10,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 
 from smarttasks.core.auth import AdminPrincipal, CurrentPrincipal
 from smarttasks.core.db import SessionDep
-from smarttasks.core.errors import BadRequest
+from smarttasks.core.errors import BadRequest, problem_responses
 from smarttasks.users import service
 from smarttasks.users.repository import UserRepository
 from smarttasks.users.schemas import RefreshIn, RegisterIn, TokenOut, UserOut, UserPage, UserPatch
@@ -18,11 +18,10 @@ from smarttasks.users.service import AuthContext
 
 router = APIRouter(prefix="/api/v1")
 
-PROBLEM = {"content": {"application/problem+json": {}}}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"description": "Missing or invalid access token", **PROBLEM},
-    422: {"description": "Invalid input; `errors` names each field", **PROBLEM},
-}
+ERRORS = problem_responses(
+    {401: "Missing or invalid access token", 422: "Invalid input; `errors` names each field"}
+)
+NOT_ADMIN = problem_responses({403: "Not an administrator"})
 
 
 def _auth(request: Request) -> AuthContext:
@@ -39,7 +38,7 @@ AuthDep = Annotated[AuthContext, Depends(_auth)]
     status_code=status.HTTP_201_CREATED,
     tags=["auth"],
     summary="Create an account",
-    responses={409: {"description": "Email already registered", **PROBLEM}, 422: ERRORS[422]},
+    responses={**ERRORS, **problem_responses({409: "Email already registered"})},
 )
 async def register(data: RegisterIn, session: SessionDep, auth: AuthDep) -> UserOut:
     user = await service.register(session, data=data, hasher=auth.hasher)
@@ -51,10 +50,9 @@ async def register(data: RegisterIn, session: SessionDep, auth: AuthDep) -> User
     response_model=TokenOut,
     tags=["auth"],
     summary="Log in with email and password (OAuth2 password flow)",
-    responses={
-        401: {"description": "Incorrect email or password", **PROBLEM},
-        429: {"description": "Too many attempts; see Retry-After", **PROBLEM},
-    },
+    responses=problem_responses(
+        {401: "Incorrect email or password", 429: "Too many attempts; see Retry-After"}
+    ),
 )
 async def token(
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
@@ -75,7 +73,7 @@ async def token(
     response_model=TokenOut,
     tags=["auth"],
     summary="Exchange a refresh token for new tokens (the old one is spent)",
-    responses={401: {"description": "Invalid, expired, revoked or reused token", **PROBLEM}},
+    responses=problem_responses({401: "Invalid, expired, revoked or reused token"}),
 )
 async def refresh(data: RefreshIn, session: SessionDep, auth: AuthDep) -> TokenOut:
     return await service.refresh(session, token=data.refresh_token, auth=auth)
@@ -115,7 +113,7 @@ async def patch_me(patch: UserPatch, principal: CurrentPrincipal, session: Sessi
     response_model=UserPage,
     tags=["users"],
     summary="List accounts (administrators)",
-    responses={**ERRORS, 403: {"description": "Not an administrator", **PROBLEM}},
+    responses={**ERRORS, **NOT_ADMIN},
 )
 async def list_users(
     _admin: AdminPrincipal,
@@ -134,7 +132,7 @@ async def list_users(
     response_model=UserOut,
     tags=["users"],
     summary="One account (administrators and services)",
-    responses={**ERRORS, 403: {"description": "Not an administrator", **PROBLEM}},
+    responses={**ERRORS, **NOT_ADMIN},
 )
 async def get_user(user_id: uuid.UUID, _admin: AdminPrincipal, session: SessionDep) -> UserOut:
     return UserOut.model_validate(await service.get_user(session, user_id))

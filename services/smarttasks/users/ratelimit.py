@@ -49,7 +49,9 @@ class MemoryRateLimiter:
 class RedisRateLimiter:
     """Counters shared by every replica: INCR plus an expiry set on the first hit."""
 
-    def __init__(self, redis: Redis, *, window_seconds: int, prefix: str = "smarttasks:login:"):
+    def __init__(
+        self, redis: Redis[bytes], *, window_seconds: int, prefix: str = "smarttasks:login:"
+    ):
         self._redis = redis
         self._window = window_seconds
         self._prefix = prefix
