@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
-import uvicorn
 
 from smarttasks.core.logging import configure_logging
 
@@ -38,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("component", choices=RUNNABLE)
     run.add_argument("--host", default="0.0.0.0")  # noqa: S104 - containers listen on all
     run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--workers", type=int, default=1, help="worker processes (HTTP components)")
 
     users = sub.add_parser("users", help="manage accounts")
     users_sub = users.add_subparsers(dest="users_command", required=True)
@@ -62,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from smarttasks.gateway.processes import run_component
 
-        return run_component(args.component, host=args.host, port=args.port)
+        return run_component(
+            args.component, host=args.host, port=args.port, workers=args.workers
+        )
     if args.command == "users" and args.users_command == "create-admin":
         return _create_admin(args.email, args.display_name, Path(args.data_dir))
     return 2
@@ -92,11 +94,6 @@ def _create_admin(email: str, display_name: str, data_dir: Path) -> int:
         return 1
     print(f"Administrator {email} created (id {user_id}).")
     return 0
-
-
-def serve(app: object, *, host: str, port: int) -> None:
-    """Run an ASGI app with uvicorn, logging through structlog."""
-    uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

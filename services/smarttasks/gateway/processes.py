@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import structlog
+import uvicorn
+from fastapi import FastAPI
 
 from smarttasks.core.logging import configure_logging
 from smarttasks.core.settings import ServiceSettings
@@ -10,30 +12,56 @@ from smarttasks.core.settings import ServiceSettings
 log = structlog.get_logger()
 
 
-def run_component(component: str, *, host: str, port: int) -> int:
-    """Run one component as its own process, configured from `SMARTTASKS_*` variables."""
-    from smarttasks.gateway.cli import serve
-
+def _configure_logging() -> None:
     base = ServiceSettings()
     configure_logging(json=base.json_logs, level=base.log_level)
+
+
+def users_app() -> FastAPI:
+    _configure_logging()
+    from smarttasks.users.app import create_users_app
+    from smarttasks.users.settings import UsersSettings
+
+    return create_users_app(UsersSettings())
+
+
+def tasks_app() -> FastAPI:
+    _configure_logging()
+    from smarttasks.tasks.app import TasksSettings, create_tasks_app
+
+    return create_tasks_app(TasksSettings())
+
+
+def gateway_app() -> FastAPI:
+    """Every API in one app against external services (no embedded database)."""
+    _configure_logging()
+    from smarttasks.gateway.composition import create_embedded_app
+    from smarttasks.users.settings import UsersSettings
+
+    return create_embedded_app(UsersSettings())
+
+
+APPS = {"users": "users_app", "tasks": "tasks_app", "gateway": "gateway_app"}
+
+
+def run_component(component: str, *, host: str, port: int, workers: int = 1) -> int:
+    """Run one component as its own process, configured from `SMARTTASKS_*` variables."""
+    _configure_logging()
+    base = ServiceSettings()
     log.info("starting_component", component=component)
     if component == "migrate":
         from smarttasks.gateway.composition import migrate_all
 
         migrate_all(base.database_url)
         return 0
-    if component == "users":
-        from smarttasks.users.app import create_users_app
-        from smarttasks.users.settings import UsersSettings
-
-        serve(create_users_app(UsersSettings()), host=host, port=port)
-    elif component == "tasks":
-        from smarttasks.tasks.app import TasksSettings, create_tasks_app
-
-        serve(create_tasks_app(TasksSettings()), host=host, port=port)
-    elif component == "gateway":
-        from smarttasks.gateway.composition import create_embedded_app
-        from smarttasks.users.settings import UsersSettings
-
-        serve(create_embedded_app(UsersSettings()), host=host, port=port)
+    # An import string and a factory, so that each worker process builds its own app.
+    uvicorn.run(
+        f"{__name__}:{APPS[component]}",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+    )
     return 0

