@@ -4,6 +4,8 @@ set -euo pipefail
 
 need=()
 command -v rabbitmq-server >/dev/null 2>&1 || need+=(rabbitmq-server)
+# Redis backs the shared login rate limits (their tests start a private server).
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 # wrk drives the HTTP benchmarks (make bench).
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 
@@ -16,8 +18,9 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   # The package starts a system-wide node; the tests run their own on loopback ports.
-  if command -v rabbitmqctl >/dev/null 2>&1; then
-    (service rabbitmq-server stop || true) >/dev/null 2>&1
-  fi
+  for unit in rabbitmq-server redis-server; do
+    (service "$unit" stop || true) >/dev/null 2>&1
+  done
 fi
-echo "services ready: rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null)"
+echo "services ready: rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null)," \
+  "redis-server $(dpkg-query -W -f='${Version}' redis-server 2>/dev/null)"

@@ -240,3 +240,24 @@ async def test_bad_cursor_is_400(client: httpx.AsyncClient, make_user: UserFacto
         params={"cursor": page["next_cursor"], "sort": "due_at"},
     )
     assert other_sort.status_code == 400
+
+
+async def test_concurrent_updates_with_the_same_etag_one_wins(
+    client: httpx.AsyncClient, make_user: UserFactory
+) -> None:
+    import asyncio
+
+    owner = await make_user()
+    task = await create(client, owner)
+    url = f"/api/v1/tasks/{task['id']}"
+    responses = await asyncio.gather(
+        *(
+            client.patch(url, headers={**owner.headers, "If-Match": '"1"'}, json={"title": t})
+            for t in ("first", "second", "third")
+        )
+    )
+    codes = sorted(r.status_code for r in responses)
+    assert codes == [200, 412, 412]
+    final = (await client.get(url, headers=owner.headers)).json()
+    assert final["version"] == 2
+    assert final["title"] == next(r.json()["title"] for r in responses if r.status_code == 200)
