@@ -14,5 +14,10 @@ os.environ.setdefault("SMARTTASKS_ENVIRONMENT", "test")
 pytest_plugins = [
     "tests.fixtures.db",
     "tests.fixtures.api",
+    "tests.fixtures.amqp",
     "tests.fixtures.server",
+    "tests.fixtures.redis",
+    "tests.fixtures.smtp",
+    "tests.fixtures.webhook",
+    "tests.fixtures.k8s",
 ]

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.k8s import BUILD_SCRIPT, ControlPlane, controlplane_bin_dir, unavailable
+from tests.fixtures.k8s import (
+    BUILD_SCRIPT,
+    ControlPlane,
+    controlplane_bin_dir,
+    require_controlplane,
+    unavailable,
+)
 
 pytestmark = pytest.mark.k8s
 
@@ -47,7 +53,7 @@ def test_build_script_without_go_or_cache_says_so(tmp_path: Path) -> None:
 
 
 def test_build_script_uses_kubebuilder_assets_when_complete(tmp_path: Path) -> None:
-    bin_dir = controlplane_bin_dir()
+    bin_dir = require_controlplane()
     assets = tmp_path / "assets"
     assets.mkdir()
     for name in ("kube-apiserver", "etcd", "kubectl", "helm"):
@@ -65,7 +71,9 @@ def test_build_script_uses_kubebuilder_assets_when_complete(tmp_path: Path) -> N
     assert proc.stdout.strip().splitlines()[-1] == str(assets)
 
 
-@pytest.mark.parametrize(("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)])
+@pytest.mark.parametrize(
+    ("ci", "outcome"), [("true", pytest.fail.Exception), ("", pytest.skip.Exception)]
+)
 def test_missing_control_plane_skips_locally_and_fails_in_ci(
     monkeypatch: pytest.MonkeyPatch, ci: str, outcome: type[BaseException]
 ) -> None:
@@ -125,7 +133,9 @@ def test_service_account_token_is_bound_by_rbac(k8s: ControlPlane, namespace: st
     assert denied.returncode != 0
     assert "forbidden" in denied.stderr.lower()
 
-    k8s.kubectl("create", "role", "read-cm", "-n", namespace, "--verb=get,list", "--resource=configmaps")
+    k8s.kubectl(
+        "create", "role", "read-cm", "-n", namespace, "--verb=get,list", "--resource=configmaps"
+    )
     k8s.kubectl(
         "create", "rolebinding", "reader-read-cm", "-n", namespace,
         "--role=read-cm", f"--serviceaccount={namespace}:reader",
@@ -133,11 +143,17 @@ def test_service_account_token_is_bound_by_rbac(k8s: ControlPlane, namespace: st
 
     allowed = k8s.kubectl("get", "configmaps", "-n", namespace, kubeconfig=kubeconfig, check=False)
     assert allowed.returncode == 0, allowed.stderr
-    elsewhere = k8s.kubectl("get", "configmaps", "-n", "default", kubeconfig=kubeconfig, check=False)
+    elsewhere = k8s.kubectl(
+        "get", "configmaps", "-n", "default", kubeconfig=kubeconfig, check=False
+    )
     assert "forbidden" in elsewhere.stderr.lower()
 
 
-def test_namespace_fixture_gives_an_empty_fresh_namespace(k8s: ControlPlane, namespace: str) -> None:
+def test_namespace_fixture_gives_an_empty_fresh_namespace(
+    k8s: ControlPlane, namespace: str
+) -> None:
     phase = k8s.kubectl("get", "namespace", namespace, "-o", "jsonpath={.status.phase}").stdout
     assert phase == "Active"
-    assert k8s.kubectl("get", "configmaps,secrets", "-n", namespace, "-o", "name").stdout.strip() == ""
+    assert (
+        k8s.kubectl("get", "configmaps,secrets", "-n", namespace, "-o", "name").stdout.strip() == ""
+    )

@@ -148,9 +148,7 @@ def inbox_table(metadata: MetaData, name: str = "inbox") -> Table:
         metadata,
         Column("consumer", String(200), nullable=False),
         Column("event_id", Uuid, nullable=False),
-        Column(
-            "processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()
-        ),
+        Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         PrimaryKeyConstraint("consumer", "event_id", name=f"pk_{name}"),
         Index(f"ix_{name}_processed_at", "processed_at"),
     )

@@ -17,7 +17,16 @@ from smarttasks.core.logging import configure_logging
 log = structlog.get_logger()
 
 DEFAULT_DATA_DIR = ".smarttasks"
-RUNNABLE = ("users", "tasks", "gateway", "migrate")
+RUNNABLE = (
+    "users",
+    "tasks",
+    "rules-api",
+    "notifications",
+    "operator",
+    "relay",
+    "gateway",
+    "migrate",
+)
 
 
 def _parser() -> argparse.ArgumentParser:

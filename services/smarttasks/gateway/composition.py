@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+import smarttasks.automation as automation
+from smarttasks.automation import api as rules_api
 from smarttasks.core import migrations
-from smarttasks.core.db import create_engine, create_sessionmaker, ping
+from smarttasks.core.db import create_engine, create_sessionmaker, ping, unit_of_work
+from smarttasks.core.errors import NotFound
 from smarttasks.core.http import create_app
+from smarttasks.notifications import app as notifications_app
+from smarttasks.notifications.directory import Contact, InProcessUserDirectory
+from smarttasks.notifications.settings import NotificationsSettings
 from smarttasks.tasks import app as tasks_app
 from smarttasks.users import app as users_app
+from smarttasks.users import service as users_service
 from smarttasks.users.settings import UsersSettings
 
 
@@ -28,6 +37,13 @@ class Component:
 COMPONENTS: tuple[Component, ...] = (
     Component("users", users_app.SCHEMA, users_app.MIGRATIONS, users_app.ROUTERS),
     Component("tasks", tasks_app.SCHEMA, tasks_app.MIGRATIONS, tasks_app.ROUTERS),
+    Component("automation", automation.SCHEMA, automation.MIGRATIONS, rules_api.ROUTERS),
+    Component(
+        "notifications",
+        notifications_app.SCHEMA,
+        notifications_app.MIGRATIONS,
+        notifications_app.ROUTERS,
+    ),
 )
 
 
@@ -37,7 +53,23 @@ def migrate_all(url: str) -> None:
         migrations.upgrade(url=url, script_location=component.migrations, schema=component.schema)
 
 
-def create_embedded_app(settings: UsersSettings) -> FastAPI:
+def in_process_directory(sessions: async_sessionmaker[AsyncSession]) -> InProcessUserDirectory:
+    """Embedded mode: the notification service looks users up through the users service layer."""
+
+    async def lookup(user_id: uuid.UUID) -> Contact | None:
+        async with unit_of_work(sessions) as session:
+            try:
+                user = await users_service.get_user(session, user_id)
+            except NotFound:
+                return None
+            return Contact(user.id, user.email, user.display_name, user.email_notifications)
+
+    return InProcessUserDirectory(lookup)
+
+
+def create_embedded_app(
+    settings: UsersSettings, *, notifications: NotificationsSettings | None = None
+) -> FastAPI:
     """Every API under `/api/v1` in one ASGI app, over one database (embedded mode)."""
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
 
@@ -51,7 +83,14 @@ def create_embedded_app(settings: UsersSettings) -> FastAPI:
         app.state.sessions = create_sessionmaker(engine)
         app.state.users_auth = auth
         app.state.verifier = users_app.local_verifier(auth)
-        yield
+        store = rules_api.use_database_store(app, app.state.sessions)
+        await store.load_index()
+        async with notifications_app.delivery_workers(
+            notifications or NotificationsSettings(database_url=settings.database_url),
+            sessions=app.state.sessions,
+            directory=in_process_directory(app.state.sessions),
+        ):
+            yield
         await engine.dispose()
 
     routers = [router for component in COMPONENTS for router in component.routers]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import structlog
@@ -11,6 +12,7 @@ import uvicorn
 from smarttasks.core.logging import configure_logging
 from smarttasks.gateway.composition import create_embedded_app, migrate_all
 from smarttasks.gateway.embedded_db import EmbeddedPostgres
+from smarttasks.notifications.settings import NotificationsSettings
 from smarttasks.users.settings import UsersSettings
 
 log = structlog.get_logger()
@@ -44,7 +46,13 @@ def run_embedded(*, host: str, port: int, data_dir: Path) -> int:
     database = open_database(data_dir)
     try:
         settings = embedded_settings(data_dir, database.url)
-        app = create_embedded_app(settings)
+        notifications = NotificationsSettings()
+        if "SMARTTASKS_OUTBOX_DIR" not in os.environ:
+            notifications = notifications.model_copy(
+                update={"outbox_dir": str(data_dir / "outbox")}
+            )
+        notifications = notifications.model_copy(update={"database_url": database.url})
+        app = create_embedded_app(settings, notifications=notifications)
         _banner(host=host, port=port, data_dir=data_dir, first_run=first_run)
         config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False)
         # uvicorn shuts down gracefully on Ctrl-C, then re-raises the signal.

@@ -41,7 +41,28 @@ def gateway_app() -> FastAPI:
     return create_embedded_app(UsersSettings())
 
 
-APPS = {"users": "users_app", "tasks": "tasks_app", "gateway": "gateway_app"}
+def rules_api_app() -> FastAPI:
+    _configure_logging()
+    from smarttasks.automation.api import RulesApiSettings, create_rules_app
+
+    return create_rules_app(RulesApiSettings())
+
+
+def notifications_app() -> FastAPI:
+    _configure_logging()
+    from smarttasks.notifications.app import create_notifications_app
+    from smarttasks.notifications.settings import NotificationsSettings
+
+    return create_notifications_app(NotificationsSettings())
+
+
+APPS = {
+    "users": "users_app",
+    "tasks": "tasks_app",
+    "gateway": "gateway_app",
+    "rules-api": "rules_api_app",
+    "notifications": "notifications_app",
+}
 
 
 def run_component(component: str, *, host: str, port: int, workers: int = 1) -> int:
@@ -53,6 +74,18 @@ def run_component(component: str, *, host: str, port: int, workers: int = 1) -> 
         from smarttasks.gateway.composition import migrate_all
 
         migrate_all(base.database_url)
+        return 0
+    if component == "operator":
+        from smarttasks.automation.main import main as operator_main
+
+        return operator_main()
+    if component == "relay":
+        import asyncio
+
+        from smarttasks.core.messaging.relay import run_relay
+        from smarttasks.core.messaging.settings import MessagingSettings
+
+        asyncio.run(run_relay(MessagingSettings()))
         return 0
     # An import string and a factory, so that each worker process builds its own app.
     uvicorn.run(

@@ -46,7 +46,7 @@ class MessagingSettings(ServiceSettings):
         ),
     )
     relay_outboxes: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["tasks.outbox"],
+        default_factory=lambda: ["tasks.outbox", "automation.outbox"],
         description=(
             "Outbox tables the relay serves, as schema.table. One relay process can serve "
             "every producing service; each table gets its own loop."
@@ -141,9 +141,9 @@ class MessagingSettings(ServiceSettings):
         description="Port of the Prometheus endpoint of the relay process; 0 turns it off.",
     )
 
-    _split_lists = field_validator("relay_outboxes", "consumer_retry_delays_seconds", mode="before")(
-        _split
-    )
+    _split_lists = field_validator(
+        "relay_outboxes", "consumer_retry_delays_seconds", mode="before"
+    )(_split)
 
     @field_validator("consumer_retry_delays_seconds")
     @classmethod

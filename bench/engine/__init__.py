@@ -1,0 +1,1 @@
+"""Benchmarks of the automation engine (`python -m bench.engine`)."""

@@ -1,0 +1,1 @@
+"""Benchmark of the event backbone: outbox commit to consumer commit, through RabbitMQ."""

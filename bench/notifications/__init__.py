@@ -1,0 +1,1 @@
+"""Throughput of the notification delivery worker: emails/s and webhooks/s."""

@@ -1,0 +1,89 @@
+"""The engine's task-event handler: projection, schedule arming and event triggers, in the
+consumer runner's transaction (one session per message, acknowledged after commit)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from smarttasks.automation.engine import projection
+from smarttasks.automation.engine.firings import record_firings
+from smarttasks.automation.engine.model import RuleSource
+from smarttasks.automation.engine.status import StatusTracker
+from smarttasks.automation.engine.tables import dead_letters, inbox
+from smarttasks.automation.engine.triggers import event_firings
+from smarttasks.core.events import EVENTS_EXCHANGE, TaskEvent, TaskEventType
+from smarttasks.core.messaging.envelope import Envelope
+from smarttasks.core.messaging.routing import Consumer
+
+CONSUMER_NAME = "automation.engine"
+
+
+def _as_event(message: Envelope[Any] | TaskEvent | Mapping[str, Any]) -> TaskEvent:
+    if isinstance(message, TaskEvent):
+        return message
+    if isinstance(message, Envelope):
+        body = message.event
+        return body if isinstance(body, TaskEvent) else TaskEvent.model_validate(body)
+    return TaskEvent.model_validate(message)
+
+
+class TaskEventConsumer:
+    """Applies task events to the engine; `handle` is the consumer runner's handler.
+
+    Everything it writes (projection, schedule entries, firings, outbox rows) commits or
+    rolls back with the runner's transaction and inbox row, so a redelivered event is a
+    no-op and a failed one leaves no trace.
+    """
+
+    def __init__(
+        self,
+        rules: RuleSource,
+        *,
+        tracker: StatusTracker,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._rules = rules
+        self._tracker = tracker
+        self._clock = clock
+
+    async def handle(
+        self, session: AsyncSession, message: Envelope[Any] | TaskEvent | Mapping[str, Any]
+    ) -> None:
+        """Apply one task event (an `Envelope`, a `TaskEvent` or its JSON object)."""
+        event = _as_event(message)
+        now = self._clock()
+        applied = await projection.apply_snapshot(
+            session, event.data, deleted=event.type is TaskEventType.DELETED
+        )
+        if applied.armed_at is not None:
+            await projection.wake_scheduler(session, applied.armed_at)
+        firings, errors = event_firings(event, self._rules)
+        recorded = await record_firings(session, firings, now=now, tracker=self._tracker)
+        refs = [rule.ref for rule, _ in errors]
+        if recorded or refs:
+            tracker = self._tracker
+            touched = [r.firing.rule.ref for r in recorded]
+
+            def committed(_session: Any) -> None:
+                tracker.touched(touched)
+                for rule, message_ in errors:
+                    tracker.error(rule.ref, message_)
+
+            sa_event.listen(session.sync_session, "after_commit", committed, once=True)
+
+
+def task_event_consumer(handler: TaskEventConsumer) -> Consumer:
+    """The engine's consumer definition for the runner (RabbitMQ) or the in-process relay."""
+    consumer = Consumer(
+        CONSUMER_NAME, exchange=EVENTS_EXCHANGE, inbox=inbox, dead_letters=dead_letters
+    )
+    consumer.add("task.*", handler.handle, schema=TaskEvent)
+    return consumer
+
+
+__all__ = ["CONSUMER_NAME", "TaskEventConsumer", "task_event_consumer"]

@@ -1,0 +1,138 @@
+"""Apply an event at most once per consumer: the inbox row commits with the handler's changes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Executable, Table, bindparam, delete, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from smarttasks.core.messaging.envelope import Envelope
+from smarttasks.core.messaging.routing import Consumer, Route
+
+_PRUNE_CHUNK = 5000
+
+
+class Outcome(StrEnum):
+    """How a consumer settled a message."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    RETRIED = "retried"
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """One message settled by a consumer, as reported to an `on_settled` hook."""
+
+    consumer: str
+    event_id: uuid.UUID | None
+    routing_key: str
+    outcome: Outcome
+    attempt: int
+    reason: str | None = None
+
+
+SettlementHook = Callable[[Settlement], None]
+
+
+async def apply_once(
+    sessions: async_sessionmaker[AsyncSession],
+    consumer: Consumer,
+    route: Route,
+    envelope: Envelope[Any],
+) -> Outcome:
+    """Run the handler and commit, unless the consumer's inbox already has this event.
+
+    One session per message; the inbox row is inserted first, in the same transaction,
+    so two deliveries of one event racing each other serialise on its primary key and
+    the loser finds it applied. The handler must not commit.
+    """
+    async with sessions() as session:
+        try:
+            claimed = await session.execute(
+                _claim_statement(consumer.inbox),
+                {"consumer": consumer.name, "event_id": envelope.id},
+            )
+            if claimed.first() is None:
+                await session.rollback()
+                return Outcome.DUPLICATE
+            await route.handler(session, envelope)
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+    return Outcome.APPLIED
+
+
+@lru_cache(maxsize=64)
+def _claim_statement(inbox: Table) -> Executable:
+    # Built once per inbox: SQLAlchemy then reuses its cache key and compiled form.
+    return (
+        insert(inbox)
+        .values(consumer=bindparam("consumer"), event_id=bindparam("event_id"))
+        .on_conflict_do_nothing()
+        .returning(inbox.c.event_id)
+    )
+
+
+async def record_dead_letter(
+    sessions: async_sessionmaker[AsyncSession],
+    table: Table,
+    *,
+    consumer: str,
+    event_id: uuid.UUID,
+    exchange: str,
+    routing_key: str,
+    payload: Mapping[str, Any],
+    reason: str,
+    error: str,
+    attempts: int,
+) -> None:
+    """Keep an event the consumer gave up on, with why (embedded mode's dead-letter queue)."""
+    async with sessions() as session:
+        await session.execute(
+            insert(table)
+            .values(
+                consumer=consumer,
+                event_id=event_id,
+                exchange=exchange,
+                routing_key=routing_key,
+                payload=dict(payload),
+                reason=reason,
+                error=error,
+                attempts=attempts,
+            )
+            .on_conflict_do_nothing()
+        )
+        await session.commit()
+
+
+async def prune_inbox(
+    engine: AsyncEngine, table: Table, *, consumer: str, older_than_seconds: float
+) -> int:
+    """Forget applied event ids older than the retention, in chunks; returns rows deleted."""
+    total = 0
+    cutoff = func.now() - timedelta(seconds=older_than_seconds)
+    while True:
+        chunk = (
+            select(table.c.event_id)
+            .where(table.c.consumer == consumer, table.c.processed_at < cutoff)
+            .limit(_PRUNE_CHUNK)
+            .scalar_subquery()
+        )
+        async with engine.begin() as conn:
+            result = await conn.execute(
+                delete(table).where(table.c.consumer == consumer, table.c.event_id.in_(chunk))
+            )
+        total += result.rowcount
+        if result.rowcount < _PRUNE_CHUNK:
+            return total

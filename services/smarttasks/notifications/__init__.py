@@ -1,0 +1,1 @@
+"""The notification service: delivers requested notifications by email and signed webhook."""

@@ -1,0 +1,165 @@
+"""Assembly of the notification service: routers, migrations, delivery workers, its own app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import structlog
+from fastapi import APIRouter, FastAPI
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from smarttasks.core.auth import RemoteJWKS, TokenVerifier
+from smarttasks.core.db import create_engine, create_sessionmaker, ping
+from smarttasks.core.http import create_app
+from smarttasks.notifications.channels import build_channels
+from smarttasks.notifications.directory import (
+    FileToken,
+    HttpUserDirectory,
+    TokenProvider,
+    UserDirectory,
+    static_token,
+)
+from smarttasks.notifications.dispatch import Dispatcher
+from smarttasks.notifications.endpoints import router
+from smarttasks.notifications.retries import RetryPolicy
+from smarttasks.notifications.secretrefs import (
+    KubernetesSecretResolver,
+    SecretResolver,
+    StaticSecretResolver,
+)
+from smarttasks.notifications.settings import NotificationsSettings, SecretSource
+from smarttasks.notifications.templates import Renderer
+from smarttasks.notifications.wakeup import NotifyListener
+from smarttasks.notifications.worker import BatchObserver, DeliveryWorker, WorkerPool
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SCHEMA = "notifications"
+ROUTERS: tuple[APIRouter, ...] = (router,)
+
+log = structlog.get_logger()
+
+
+def build_secrets(settings: NotificationsSettings) -> SecretResolver:
+    """Kubernetes Secrets in cluster mode, the configured mapping otherwise."""
+    if settings.secret_source is SecretSource.KUBERNETES:
+        return KubernetesSecretResolver.from_environment(
+            cache_seconds=settings.secret_cache_seconds
+        )
+    return StaticSecretResolver(settings.webhook_secrets)
+
+
+def build_directory(settings: NotificationsSettings) -> HttpUserDirectory:
+    """The users service's API, with the configured service credential."""
+    if not settings.users_api_url:
+        raise ValueError("SMARTTASKS_USERS_API_URL must be set to resolve owner/assignee")
+    token: TokenProvider
+    if settings.users_api_token_file:
+        token = FileToken(Path(settings.users_api_token_file))
+    else:
+        token = static_token(settings.users_api_token)
+    return HttpUserDirectory(
+        base_url=settings.users_api_url, token=token, ttl=settings.users_cache_seconds
+    )
+
+
+@asynccontextmanager
+async def delivery_workers(
+    settings: NotificationsSettings,
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    directory: UserDirectory,
+    secrets: SecretResolver | None = None,
+    http_client: httpx.AsyncClient | None = None,
+    listen: bool = True,
+    observer: BatchObserver | None = None,
+) -> AsyncIterator[WorkerPool]:
+    """Run `settings.worker_count` delivery workers (and the NOTIFY listener) for a block.
+
+    Use it in a lifespan; embedded mode passes an in-process directory and static secrets.
+    """
+    channels = await build_channels(
+        settings, secrets=secrets or build_secrets(settings), http_client=http_client
+    )
+    dispatcher = Dispatcher(channels=channels, directory=directory, renderer=Renderer())
+    policy = RetryPolicy.from_settings(settings)
+    pool = WorkerPool(
+        [
+            DeliveryWorker(
+                sessions=sessions,
+                dispatcher=dispatcher,
+                policy=policy,
+                batch_size=settings.worker_batch_size,
+                concurrency=settings.worker_concurrency,
+                lease_seconds=settings.worker_lease_seconds,
+                idle_seconds=settings.worker_idle_seconds,
+                name=f"delivery-worker-{n + 1}",
+                observer=observer,
+            )
+            for n in range(settings.worker_count)
+        ]
+    )
+    listener = NotifyListener(settings.database_url, pool.wake) if listen else None
+    listener_task = asyncio.create_task(listener.run()) if listener else None
+    log.info(
+        "delivery_workers_starting", workers=settings.worker_count, email=channels.email_target
+    )
+    pool.start()
+    try:
+        yield pool
+    finally:
+        await pool.stop()
+        if listener_task is not None:
+            listener_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener_task
+        await channels.aclose()
+
+
+def create_notifications_app(
+    settings: NotificationsSettings,
+    *,
+    directory: UserDirectory | None = None,
+    secrets: SecretResolver | None = None,
+) -> FastAPI:
+    """The notification service as its own deployable: delivery log API plus workers."""
+    engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
+
+    async def database() -> None:
+        await ping(engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.engine = engine
+        app.state.sessions = create_sessionmaker(engine)
+        app.state.verifier = TokenVerifier(
+            RemoteJWKS(settings.jwks_url, cache_seconds=settings.jwks_cache_seconds),
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+        users = directory or build_directory(settings)
+        try:
+            if settings.worker_enabled and settings.worker_count:
+                async with delivery_workers(
+                    settings, sessions=app.state.sessions, directory=users, secrets=secrets
+                ) as pool:
+                    app.state.delivery_workers = pool
+                    yield
+            else:
+                yield
+        finally:
+            if isinstance(users, HttpUserDirectory) and directory is None:
+                await users.aclose()
+            await engine.dispose()
+
+    return create_app(
+        service="notifications",
+        title="SmartTasks notifications",
+        routers=ROUTERS,
+        readiness=[database],
+        lifespan=lifespan,
+    )

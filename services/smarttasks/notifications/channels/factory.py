@@ -1,0 +1,102 @@
+"""Builds the channels a process sends through, from its settings."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import httpx
+
+from smarttasks.notifications.channels.base import Channel
+from smarttasks.notifications.channels.email import SmtpChannel
+from smarttasks.notifications.channels.eml import EmlFileChannel
+from smarttasks.notifications.channels.webhook import WebhookChannel
+from smarttasks.notifications.secretrefs import SecretResolver
+from smarttasks.notifications.settings import NotificationsSettings
+
+EMAIL = "email"
+WEBHOOK = "webhook"
+CHANNELS = (EMAIL, WEBHOOK)
+
+
+class UnknownChannel(LookupError):
+    """No channel of that name exists."""
+
+
+class ChannelSet:
+    """The channels by name, and the connections they keep open."""
+
+    def __init__(self, channels: dict[str, Channel], stack: AsyncExitStack) -> None:
+        self._channels = channels
+        self._stack = stack
+
+    def get(self, name: str) -> Channel:
+        try:
+            return self._channels[name]
+        except KeyError:
+            known = ", ".join(CHANNELS)
+            raise UnknownChannel(f"unknown channel {name!r}; known: {known}") from None
+
+    @property
+    def email_target(self) -> str:
+        """Where email goes, for the log: an SMTP server or the `.eml` folder."""
+        email = self._channels.get(EMAIL)
+        if isinstance(email, EmlFileChannel):
+            return "eml files"
+        return "smtp"
+
+    async def aclose(self) -> None:
+        await self._stack.aclose()
+
+
+async def build_channels(
+    settings: NotificationsSettings,
+    *,
+    secrets: SecretResolver,
+    http_client: httpx.AsyncClient | None = None,
+) -> ChannelSet:
+    """Email through SMTP when `smtp_host` is set, else to `.eml` files; webhooks over httpx."""
+    stack = AsyncExitStack()
+    email: Channel
+    if settings.smtp_host:
+        smtp = SmtpChannel(
+            host=settings.smtp_host,
+            port=settings.smtp_port,
+            sender=settings.mail_from,
+            message_id_domain=settings.message_id_domain,
+            security=settings.smtp_security,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+            timeout=settings.smtp_timeout_seconds,
+            validate_certs=settings.smtp_validate_certs,
+            pool_size=settings.smtp_pool_size,
+        )
+        stack.push_async_callback(smtp.aclose)
+        email = smtp
+    else:
+        email = EmlFileChannel(
+            Path(settings.outbox_dir),
+            sender=settings.mail_from,
+            message_id_domain=settings.message_id_domain,
+        )
+    if http_client is None:
+        limits = httpx.Limits(
+            max_connections=settings.webhook_max_connections,
+            max_keepalive_connections=settings.webhook_max_connections,
+        )
+        http_client = await stack.enter_async_context(
+            httpx.AsyncClient(
+                timeout=settings.webhook_timeout_seconds,
+                follow_redirects=False,
+                limits=limits,
+                trust_env=False,  # no proxy from the environment may bypass the target checks
+            )
+        )
+    webhook = WebhookChannel(
+        client=http_client,
+        secrets=secrets,
+        timeout=settings.webhook_timeout_seconds,
+        allow_private=settings.webhook_allow_private,
+        per_host=settings.webhook_per_host_concurrency,
+    )
+    return ChannelSet({EMAIL: email, WEBHOOK: webhook}, stack)

@@ -1,0 +1,196 @@
+"""Webhook delivery to a real HTTP receiver (uvicorn on 127.0.0.1), verified independently."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from smarttasks.core.events import NotificationRequested
+from smarttasks.notifications.secretrefs import SecretRef
+from tests.fixtures.smtp import Harness, notification, snapshot
+from tests.fixtures.webhook import HANG, WebhookReceiver
+
+pytestmark = pytest.mark.integration
+
+SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+
+
+def webhook_request(receiver: WebhookReceiver, **overrides: Any) -> NotificationRequested:
+    fields: dict[str, Any] = {
+        "channel": "webhook",
+        "recipients": [],
+        "url": receiver.url,
+        "secret_ref": {"name": "hook-secret", "key": "signing-key"},
+    }
+    return notification(**{**fields, **overrides})
+
+
+@pytest.fixture
+def signed(harness: Harness) -> Harness:
+    harness.secrets.set(SecretRef("team-a", "hook-secret", "signing-key"), SECRET)
+    return harness
+
+
+async def test_signed_json_post_verifies_with_standard_webhooks(
+    signed: Harness, webhook_receiver: WebhookReceiver
+) -> None:
+    request = webhook_request(
+        webhook_receiver, task=snapshot(title="Café ☕ due"), subject="Due: {{ task.title }}"
+    )
+    async with signed.workers(signed.settings()):
+        [delivery_id] = await signed.submit(request)
+        assert await signed.watcher.until(delivery_id, {"sent", "failed", "pending"}) == "sent"
+    [received] = await webhook_receiver.wait_for(1)
+    assert received.method == "POST" and received.path == "/hooks/smarttasks"
+    assert received.headers["content-type"] == "application/json"
+    assert received.headers["webhook-id"] == str(request.id)
+    assert received.headers["host"] == f"127.0.0.1:{webhook_receiver.port}"
+    payload = Webhook(SECRET).verify(received.body, received.headers)
+    assert payload["type"] == "notification.requested"
+    assert payload["data"]["subject"] == "Due: Café ☕ due"
+    assert payload["data"]["task"]["title"] == "Café ☕ due"
+    assert payload["data"]["rule"]["namespace"] == "team-a"
+    assert "Café ☕".encode() in received.body, "the body is UTF-8, not \\u-escaped"
+    assert SECRET not in json.dumps(payload) and "hook-secret" not in received.body.decode()
+    with pytest.raises(WebhookVerificationError):
+        other = "whsec_" + base64.b64encode(b"another key of 32 bytes.........").decode()
+        Webhook(other).verify(received.body, received.headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(SECRET).verify(received.body.replace(b"Caf", b"Cav"), received.headers)
+
+
+async def test_server_error_is_retried_with_the_same_webhook_id(
+    signed: Harness, webhook_receiver: WebhookReceiver
+) -> None:
+    webhook_receiver.script = [500, 503]
+    request = webhook_request(webhook_receiver)
+    async with signed.workers(signed.settings()):
+        [delivery_id] = await signed.submit(request)
+        assert await signed.watcher.until(delivery_id, {"sent", "dead", "failed"}) == "sent"
+    received = await webhook_receiver.wait_for(3)
+    assert len(received) == 3
+    assert {r.headers["webhook-id"] for r in received} == {str(request.id)}
+    for r in received:
+        Webhook(SECRET).verify(r.body, r.headers)  # every retry is signed afresh
+    attempts = await signed.attempts(delivery_id)
+    assert [(a.outcome, a.status_code) for a in attempts] == [
+        ("temporary", 500),
+        ("temporary", 503),
+        ("sent", 200),
+    ]
+
+
+async def test_timeout_is_retried_with_the_same_webhook_id(
+    signed: Harness, webhook_receiver: WebhookReceiver
+) -> None:
+    webhook_receiver.script = [HANG]
+    request = webhook_request(webhook_receiver)
+    async with signed.workers(signed.settings(webhook_timeout_seconds=0.3)):
+        [delivery_id] = await signed.submit(request)
+        assert await signed.watcher.until(delivery_id, {"sent", "dead", "failed"}) == "sent"
+    received = await webhook_receiver.wait_for(2)
+    assert [r.headers["webhook-id"] for r in received] == [str(request.id)] * 2
+    attempts = await signed.attempts(delivery_id)
+    assert [a.outcome for a in attempts] == ["temporary", "sent"]
+    assert attempts[0].error == "no response within 0.3 s"
+    assert 250 <= attempts[0].duration_ms < 3000
+
+
+@pytest.mark.parametrize(("status", "outcome"), [(400, "failed"), (410, "failed"), (302, "failed")])
+async def test_client_errors_and_redirects_are_not_retried(
+    signed: Harness, webhook_receiver: WebhookReceiver, status: int, outcome: str
+) -> None:
+    webhook_receiver.script = [status]
+    webhook_receiver.location = webhook_receiver.url + "/elsewhere"
+    async with signed.workers(signed.settings()):
+        [delivery_id] = await signed.submit(webhook_request(webhook_receiver))
+        assert await signed.watcher.until(delivery_id, {"sent", "failed", "pending"}) == outcome
+    assert len(webhook_receiver.requests) == 1, "a redirect is never followed"
+    [attempt] = await signed.attempts(delivery_id)
+    assert attempt.status_code == status and attempt.outcome == "permanent"
+
+
+async def test_429_is_retried(signed: Harness, webhook_receiver: WebhookReceiver) -> None:
+    webhook_receiver.script = [429, 408]
+    async with signed.workers(signed.settings()):
+        [delivery_id] = await signed.submit(webhook_request(webhook_receiver))
+        assert await signed.watcher.until(delivery_id, {"sent", "failed", "dead"}) == "sent"
+    assert len(webhook_receiver.requests) == 3
+
+
+async def test_loopback_target_is_refused_by_default(
+    signed: Harness, webhook_receiver: WebhookReceiver
+) -> None:
+    settings = signed.settings(webhook_allow_private=False)  # the production default
+    localhost = webhook_receiver.url.replace("127.0.0.1", "localhost")
+    async with signed.workers(settings):
+        [by_ip] = await signed.submit(webhook_request(webhook_receiver))
+        [by_name] = await signed.submit(
+            notification(channel="webhook", recipients=[], url=localhost)
+        )
+        for delivery_id in (by_ip, by_name):
+            assert await signed.watcher.until(delivery_id, {"sent", "failed", "pending"}) == (
+                "failed"
+            )
+    assert webhook_receiver.requests == []
+    for delivery_id in (by_ip, by_name):
+        delivery = await signed.delivery(delivery_id)
+        assert "non-public address 127.0.0.1" in (delivery.last_error or "")
+        assert len(await signed.attempts(delivery_id)) == 1
+
+
+async def test_missing_secret_is_retried_and_malformed_secret_fails(
+    harness: Harness, webhook_receiver: WebhookReceiver
+) -> None:
+    harness.secrets.set(SecretRef("team-a", "bad", "signing-key"), "not-a-whsec-secret")
+    async with harness.workers(harness.settings(max_attempts=2)):
+        [missing] = await harness.submit(webhook_request(webhook_receiver))
+        [bad] = await harness.submit(
+            webhook_request(webhook_receiver, secret_ref={"name": "bad", "key": "signing-key"})
+        )
+        assert await harness.watcher.until(missing, {"dead", "failed", "sent"}) == "dead"
+        assert await harness.watcher.until(bad, {"dead", "failed", "sent"}) == "failed"
+    assert webhook_receiver.requests == [], "nothing is sent unsigned when a key was asked for"
+    bad_delivery = await harness.delivery(bad)
+    assert "whsec_" in (bad_delivery.last_error or "")
+    assert "not-a-whsec-secret" not in (bad_delivery.last_error or "")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("ftp://example.com/hook", "must be http or https"),
+        ("http://user:pw@example.com/hook", "credentials"),
+        ("http:///nohost", "no host"),
+        ("http://exa mple.com/", "spaces"),
+    ],
+)
+async def test_malformed_urls_fail_permanently(harness: Harness, url: str, reason: str) -> None:
+    async with harness.workers(harness.settings()):
+        [delivery_id] = await harness.submit(
+            notification(channel="webhook", recipients=[], url=url)
+        )
+        assert await harness.watcher.until(delivery_id, {"failed", "pending", "sent"}) == "failed"
+    delivery = await harness.delivery(delivery_id)
+    assert reason in (delivery.last_error or "")
+
+
+async def test_unsendable_requests_are_recorded_as_failed_at_once(harness: Harness) -> None:
+    too_long = notification(
+        channel="webhook", recipients=[], url="https://example.com/" + "a" * 3000
+    )
+    no_url = notification(channel="webhook", recipients=[], url=None)
+    sms = notification(channel="sms")
+    for request, reason in [
+        (too_long, "longer than 2048"),
+        (no_url, "without a URL"),
+        (sms, "unknown channel 'sms'"),
+    ]:
+        [delivery_id] = await harness.submit(request)
+        delivery = await harness.delivery(delivery_id)
+        assert delivery.status == "failed" and reason in (delivery.last_error or "")
+        assert delivery.attempts == 0
