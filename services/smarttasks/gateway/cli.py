@@ -71,9 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from smarttasks.gateway.processes import run_component
 
-        return run_component(
-            args.component, host=args.host, port=args.port, workers=args.workers
-        )
+        return run_component(args.component, host=args.host, port=args.port, workers=args.workers)
     if args.command == "users" and args.users_command == "create-admin":
         return _create_admin(args.email, args.display_name, Path(args.data_dir))
     return 2
