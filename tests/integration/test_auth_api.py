@@ -185,7 +185,8 @@ async def test_no_token_or_a_forged_token_is_401(
 
 async def test_login_is_rate_limited_per_account(database_url: str) -> None:
     app: FastAPI = create_embedded_app(
-        settings_for(database_url, login_max_per_account=3, login_max_per_address=1000)
+        settings_for(database_url, login_max_per_account=3, login_max_per_address=1000),
+        background=False,
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -210,7 +211,8 @@ async def test_login_is_rate_limited_per_account(database_url: str) -> None:
 
 async def test_login_is_rate_limited_per_client_address(database_url: str) -> None:
     app = create_embedded_app(
-        settings_for(database_url, login_max_per_account=1000, login_max_per_address=4)
+        settings_for(database_url, login_max_per_account=1000, login_max_per_address=4),
+        background=False,
     )
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 5555))

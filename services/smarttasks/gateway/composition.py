@@ -68,7 +68,10 @@ def in_process_directory(sessions: async_sessionmaker[AsyncSession]) -> InProces
 
 
 def create_embedded_app(
-    settings: UsersSettings, *, notifications: NotificationsSettings | None = None
+    settings: UsersSettings,
+    *,
+    notifications: NotificationsSettings | None = None,
+    background: bool = True,
 ) -> FastAPI:
     """Every API under `/api/v1` in one ASGI app, over one database (embedded mode)."""
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
@@ -85,12 +88,15 @@ def create_embedded_app(
         app.state.verifier = users_app.local_verifier(auth)
         store = rules_api.use_database_store(app, app.state.sessions)
         await store.load_index()
-        async with notifications_app.delivery_workers(
-            notifications or NotificationsSettings(database_url=settings.database_url),
-            sessions=app.state.sessions,
-            directory=in_process_directory(app.state.sessions),
-        ):
+        if not background:  # tests that drive the workers themselves
             yield
+        else:
+            async with notifications_app.delivery_workers(
+                notifications or NotificationsSettings(database_url=settings.database_url),
+                sessions=app.state.sessions,
+                directory=in_process_directory(app.state.sessions),
+            ):
+                yield
         await engine.dispose()
 
     routers = [router for component in COMPONENTS for router in component.routers]
