@@ -265,8 +265,10 @@ async def test_relay_killed_mid_batch_loses_nothing_and_duplicates_are_absorbed(
             exit_status = await asyncio.to_thread(stop_process, second)
         assert exit_status == 0, (tmp_path / "relay.log").read_text()[-3000:]
 
-    assert log.counts[Outcome.DUPLICATE] > 0  # the in-flight batch was published twice...
-    assert await count_rows(engine, event_schema, name) == (len(ids), len(ids))  # ...applied once
+    # Whether the killed batch reached the broker before the kill is a race; either way every
+    # event is applied exactly once, and any second copy was absorbed by the inbox.
+    assert await count_rows(engine, event_schema, name) == (len(ids), len(ids))
+    assert log.applied == set(ids)
     order = await applied_in_order(engine, event_schema, name)
     assert all(order[aggregate] == list(range(80)) for aggregate in aggregates)
 
