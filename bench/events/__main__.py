@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ import psycopg
 from sqlalchemy import text
 
 from bench.common import RESULTS, machine, median, write_result
+from smarttasks.core.messaging.wakeup import OutboxNotifier
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -141,12 +142,14 @@ async def _producer(
     table: str,
     payloads: Sequence[tuple[uuid.UUID, uuid.UUID, int]],
     commits: dict[uuid.UUID, float],
+    wake: Callable[[str], None],
     *,
     interval: float | None,
     started: float,
     offset: float,
 ) -> None:
     """Insert one event per transaction; with `interval`, at a fixed pace from `started`."""
+    outbox = table.replace('"', "")
     async with await psycopg.AsyncConnection.connect(conninfo) as conn:
         sql = (
             f"INSERT INTO {table} (event_id, exchange, routing_key, aggregate_id, payload) "
@@ -161,6 +164,7 @@ async def _producer(
             await conn.execute(sql, (event_id, ROUTING_KEY, aggregate_id, body))
             await conn.commit()
             commits[event_id] = time.time()
+            wake(outbox)  # as producers do after their commit (`notifying_relays`)
 
 
 async def produce(
@@ -171,20 +175,22 @@ async def produce(
     commits: dict[uuid.UUID, float] = {}
     started = time.time() + 0.2
     interval = PRODUCERS / rate if rate else None
-    await asyncio.gather(
-        *(
-            _producer(
-                conninfo,
-                table,
-                events[p::PRODUCERS],
-                commits,
-                interval=interval,
-                started=started,
-                offset=p / rate if rate else 0.0,
+    async with OutboxNotifier(conninfo).running() as notifier:
+        await asyncio.gather(
+            *(
+                _producer(
+                    conninfo,
+                    table,
+                    events[p::PRODUCERS],
+                    commits,
+                    notifier.wake,
+                    interval=interval,
+                    started=started,
+                    offset=p / rate if rate else 0.0,
+                )
+                for p in range(PRODUCERS)
             )
-            for p in range(PRODUCERS)
         )
-    )
     return commits
 
 
@@ -224,9 +230,7 @@ async def one_run(
 ) -> dict[str, Any]:
     from tests.fixtures.amqp import event_schema_tables, spawn_relay, stop_process
 
-    from smarttasks.core.db import create_engine
-    from smarttasks.core.messaging.relay import listen_conninfo
-    from smarttasks.core.outbox import outbox_notify_ddl
+    from smarttasks.core.db import create_engine, libpq_conninfo
 
     schema = event_schema_tables(f"bench_events_{run}")
     engine = create_engine(database_url, pool_size=2)
@@ -234,9 +238,7 @@ async def one_run(
         await conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema.name}" CASCADE'))
         await conn.execute(text(f'CREATE SCHEMA "{schema.name}"'))
         await conn.run_sync(schema.metadata.create_all)
-        for statement in outbox_notify_ddl(schema.name):
-            await conn.execute(text(statement))
-    conninfo = listen_conninfo(engine)
+    conninfo = libpq_conninfo(engine)
     await engine.dispose()
     table = f'"{schema.name}".outbox'
 

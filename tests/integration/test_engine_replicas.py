@@ -235,6 +235,7 @@ async def _serve(url: str) -> None:
     from smarttasks.automation.engine.status import MemoryStatusSink
     from smarttasks.core.db import create_engine, create_sessionmaker
     from smarttasks.core.logging import configure_logging
+    from smarttasks.core.messaging.wakeup import notifying_relays
 
     configure_logging(json=False, level=os.environ.get("SMARTTASKS_LOG_LEVEL", "INFO"))
     db = create_engine(url, pool_size=4)
@@ -252,7 +253,8 @@ async def _serve(url: str) -> None:
     threading.Thread(
         target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)), daemon=True
     ).start()
-    async with engine:
+    # As in the operator process: firings' commits wake the relays (and the test's watcher).
+    async with notifying_relays(db), engine:
         print("ready", flush=True)
         await stop.wait()
     await db.dispose()

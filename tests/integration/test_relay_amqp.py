@@ -27,6 +27,7 @@ from smarttasks.core.messaging import (
     OutboxRelay,
     Outcome,
 )
+from smarttasks.core.messaging.wakeup import notifying_relays
 from smarttasks.tasks import service as tasks_service
 from smarttasks.tasks.models import outbox as tasks_outbox
 from smarttasks.tasks.schemas import TaskCreate, TaskPatch, TaskStatus
@@ -103,7 +104,8 @@ async def test_task_changes_reach_a_consumer_once_each_in_order(
 
     log = SettlementLog()
     settings = messaging_settings(database_url, amqp_url)
-    # An idle relay sleeps an hour: only the outbox trigger's NOTIFY can wake it in time.
+    # An idle relay sleeps an hour: only the producer's NOTIFY, sent after each commit as
+    # the tasks service does, can wake it in time.
     relay = OutboxRelay(
         engine, AmqpPublisher(amqp_url), outboxes=["tasks.outbox"], idle_seconds=3600
     )
@@ -111,7 +113,7 @@ async def test_task_changes_reach_a_consumer_once_each_in_order(
     assignee = uuid.uuid4()
 
     runner = ConsumerRunner(consumer, engine=engine, settings=settings, on_settled=log)
-    async with consuming(runner), relaying(relay):
+    async with notifying_relays(engine), consuming(runner), relaying(relay):
         async with asyncio.timeout(30):
             await relay.listening.wait()
         task_ids = []

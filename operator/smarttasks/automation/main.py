@@ -36,6 +36,7 @@ def attach_engine(state: OperatorState) -> None:
     from smarttasks.automation.kube import api_client
     from smarttasks.core.db import create_engine
     from smarttasks.core.messaging import ConsumerRunner, MessagingSettings
+    from smarttasks.core.messaging.wakeup import notifying_relays
 
     stack = contextlib.AsyncExitStack()
 
@@ -55,6 +56,8 @@ def attach_engine(state: OperatorState) -> None:
         shared.on_change.append(engine.rules_changed)
         database = create_engine(messaging.database_url, pool_size=messaging.database_pool_size)
         stack.push_async_callback(database.dispose)
+        # Events can fire rules: their outbox rows wake the relays after each commit.
+        await stack.enter_async_context(notifying_relays(database))
         runner = ConsumerRunner(engine.task_consumer, engine=database, settings=messaging)
         consuming = asyncio.create_task(runner.run(), name="automation-task-events")
 

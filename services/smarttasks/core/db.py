@@ -39,6 +39,12 @@ def async_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
+def libpq_conninfo(engine: AsyncEngine) -> str:
+    """libpq connection string of the engine's database, for a dedicated psycopg connection
+    (LISTEN, NOTIFY)."""
+    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
 def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngine:
     """An async engine whose pool survives database restarts (pre-ping, recycling)."""
     return create_async_engine(

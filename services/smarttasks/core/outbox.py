@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 from sqlalchemy import (
@@ -21,12 +24,15 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     Uuid,
+    event,
     func,
     insert,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.engine import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.orm import Session
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -64,6 +70,7 @@ async def add_to_outbox(
 ) -> None:
     """Queue `message` for publication; it is published only if the transaction commits."""
     payload: dict[str, Any] = message.model_dump(mode="json")
+    outbox_written(session, qualified_name(table))
     await session.execute(
         insert(table).values(
             event_id=event_id,
@@ -75,9 +82,77 @@ async def add_to_outbox(
     )
 
 
-# Every outbox insert notifies this channel with the table's qualified name as payload;
-# relays LISTEN on it instead of polling.
+def outbox_written(session: AsyncSession, outbox: str) -> None:
+    """Record that this transaction added rows to `outbox` (`schema.table`), so its commit
+    wakes the relays; `add_to_outbox` does it, SQL writing outbox rows directly must."""
+    session.info.setdefault(_PENDING, set()).add(outbox)
+
+
+def qualified_name(table: Table) -> str:
+    """`schema.table`: how relays, wakers and notifications name an outbox."""
+    return f"{table.schema}.{table.name}" if table.schema else table.name
+
+
+# Relays LISTEN on this channel; the payload is the qualified name of an outbox that has
+# new rows. Producers notify after their commit (see `OutboxWaker`), not inside it.
 OUTBOX_CHANNEL = "smarttasks_outbox"
+
+
+class OutboxWaker(Protocol):
+    """Told, after a commit, which outboxes just got rows (must not block: it runs in the
+    commit's call stack)."""
+
+    def wake(self, outbox: str) -> None: ...
+
+
+# Outboxes written by the session's current transaction, kept in `Session.info`.
+_PENDING = "smarttasks.outbox.pending"
+_wakers: weakref.WeakKeyDictionary[Engine, list[OutboxWaker]] = weakref.WeakKeyDictionary()
+
+
+def attach_outbox_waker(engine: AsyncEngine, waker: OutboxWaker) -> None:
+    """Wake `waker` after every commit, through `engine`, of a session that added to an outbox.
+
+    Relays are woken after the commit rather than by a trigger inside the transaction:
+    PostgreSQL serialises the commits of notifying transactions, so an in-transaction
+    NOTIFY would make every producer wait for the previous one's flush.
+    """
+    _wakers.setdefault(engine.sync_engine, []).append(waker)
+
+
+def detach_outbox_waker(engine: AsyncEngine, waker: OutboxWaker) -> None:
+    wakers = _wakers.get(engine.sync_engine, [])
+    if waker in wakers:
+        wakers.remove(waker)
+
+
+@contextmanager
+def outbox_waker_attached(engine: AsyncEngine, waker: OutboxWaker) -> Iterator[None]:
+    """`attach_outbox_waker` for the duration of the block."""
+    attach_outbox_waker(engine, waker)
+    try:
+        yield
+    finally:
+        detach_outbox_waker(engine, waker)
+
+
+@event.listens_for(Session, "after_commit")
+def _wake_after_commit(session: Session) -> None:
+    pending: set[str] | None = session.info.pop(_PENDING, None)
+    if not pending:
+        return
+    bind = session.bind
+    if bind is None:
+        return
+    for waker in _wakers.get(bind.engine, ()):
+        for outbox in pending:
+            waker.wake(outbox)
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_after_rollback(session: Session) -> None:
+    session.info.pop(_PENDING, None)
+
 
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -105,10 +180,10 @@ def outbox_ordering_index(table: Table) -> Index:
 
 
 def outbox_notify_ddl(schema: str, table: str = "outbox") -> list[str]:
-    """SQL making every insert into `schema.table` wake the relays (`LISTEN smarttasks_outbox`).
+    """SQL of the insert trigger that used to wake relays from inside producer transactions.
 
-    The trigger fires once per statement, and PostgreSQL folds identical notifications of
-    one transaction into one, so a busy producer costs one notification per commit.
+    Kept for the migrations that created it (and later dropped it); producers now wake
+    relays after their commit through `attach_outbox_waker`.
     """
     qualified = f"{_identifier(schema)}.{_identifier(table)}"
     function = f"{_identifier(schema)}.{_identifier(table + '_notify')}"

@@ -10,6 +10,7 @@ from fastapi import APIRouter, FastAPI
 from smarttasks.core.auth import RemoteJWKS, TokenVerifier
 from smarttasks.core.db import create_engine, create_sessionmaker, ping
 from smarttasks.core.http import create_app
+from smarttasks.core.messaging.wakeup import notifying_relays
 from smarttasks.core.settings import ServiceSettings
 
 StateSetup = Callable[[FastAPI], None]
@@ -43,7 +44,9 @@ def create_service_app(
         )
         if setup is not None:
             setup(app)
-        yield
+        # Commits that add outbox rows wake the relays (a no-op for services without one).
+        async with notifying_relays(engine):
+            yield
         await engine.dispose()
 
     return create_app(

@@ -25,6 +25,7 @@ from smarttasks.core.events import (
     NOTIFICATIONS_EXCHANGE,
     NotificationRequested,
 )
+from smarttasks.core.outbox import outbox_written
 
 log = structlog.get_logger()
 
@@ -95,6 +96,7 @@ class _OutboxBuffer:
             await self._session.execute(
                 _INSERT_OUTBOX, {"payloads": "[" + ",".join(self._payloads) + "]"}
             )
+            outbox_written(self._session, "automation.outbox")
         self._payloads, self._bytes = [], 0
 
 

@@ -30,6 +30,7 @@ from smarttasks.automation.engine.schedule import Scheduler, listen, utcnow
 from smarttasks.automation.engine.status import StatusFlusher, StatusSink, StatusTracker
 from smarttasks.core.db import create_engine, create_sessionmaker, unit_of_work
 from smarttasks.core.messaging.routing import Consumer
+from smarttasks.core.messaging.wakeup import notifying_relays
 from smarttasks.core.settings import ServiceSettings
 
 log = structlog.get_logger()
@@ -187,7 +188,8 @@ async def open_engine(
             sink=sink,
             settings=settings,
         )
-        async with engine:
+        # Firings commit outbox rows: wake the relays (other processes) after each commit.
+        async with notifying_relays(db), engine:
             yield engine
     finally:
         await db.dispose()

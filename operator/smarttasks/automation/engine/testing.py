@@ -7,6 +7,7 @@ of the most specific type, with `changes` and the full snapshot after the change
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -25,6 +26,7 @@ from smarttasks.automation.rules.index import RuleIndex
 from smarttasks.core import migrations
 from smarttasks.core.db import unit_of_work
 from smarttasks.core.events import NotificationRequested, TaskEvent, TaskEventType, TaskSnapshot
+from smarttasks.core.messaging.wakeup import notifying_relays
 from smarttasks.core.outbox import OUTBOX_CHANNEL
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -159,21 +161,27 @@ async def firing_rows(sessions: async_sessionmaker[AsyncSession]) -> list[dict[s
 
 
 class OutboxWatcher:
-    """Awaits outbox rows via the relays' NOTIFY channel instead of polling."""
+    """Awaits outbox rows via the relays' NOTIFY channel instead of polling.
+
+    Commits through `sessions` notify after they add outbox rows, as the engine's do in
+    the operator process (`notifying_relays`), so this also checks that wake-up path.
+    """
 
     def __init__(self, url: str, sessions: async_sessionmaker[AsyncSession]) -> None:
         self._url = url
         self._sessions = sessions
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> OutboxWatcher:
-        self._conn = await psycopg.AsyncConnection.connect(libpq_url(self._url), autocommit=True)
-        await self._conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+        conn = await psycopg.AsyncConnection.connect(libpq_url(self._url), autocommit=True)
+        self._conn = await self._stack.enter_async_context(conn)
+        await conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
+        await self._stack.enter_async_context(notifying_relays(self._sessions.kw["bind"]))
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        if self._conn is not None:
-            await self._conn.close()
+        await self._stack.aclose()
 
     async def count(self) -> int:
         async with self._sessions() as session:

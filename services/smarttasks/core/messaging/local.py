@@ -41,6 +41,7 @@ from smarttasks.core.messaging.relay import Delivery, OutboxRelay, OutboxRow
 from smarttasks.core.messaging.retry import RetryPolicy, is_connection_error
 from smarttasks.core.messaging.routing import Consumer
 from smarttasks.core.messaging.settings import MessagingSettings
+from smarttasks.core.outbox import outbox_waker_attached
 
 log = structlog.get_logger()
 
@@ -295,11 +296,20 @@ class LocalRelay:
         """Let the current batches finish, then return from `run()`."""
         self.relay.stop()
 
+    def wake(self, outbox: str) -> None:
+        """Called after a commit through this relay's engine that added rows to `outbox`."""
+        self.relay.wake(outbox)
+
     async def run(self) -> None:
-        """Deliver until `stop()` or cancellation (a cancelled batch is delivered again later)."""
+        """Deliver until `stop()` or cancellation (a cancelled batch is delivered again later).
+
+        Commits through the same engine (the app's requests, the engine's firings) wake
+        the relay directly; other processes reach it with NOTIFY.
+        """
         pruning = asyncio.create_task(self._prune_inboxes())
         try:
-            await self.relay.run()
+            with outbox_waker_attached(self._engine, self):
+                await self.relay.run()
         finally:
             pruning.cancel()
             await asyncio.gather(pruning, return_exceptions=True)

@@ -11,7 +11,8 @@ earlier unsent row of the same aggregate is outside this batch (another relay ho
 or it is waiting for a retry). So with any number of relays, events of one task reach
 the broker in the order they were committed.
 
-Relays sleep until the outbox trigger's NOTIFY (or, as a safety net, `idle_seconds`).
+Relays sleep until a producer's NOTIFY, sent after its commit (see `wakeup`), or, as a
+safety net, `idle_seconds`; a relay in the producer's own process is woken directly.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from aio_pika.abc import (
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from smarttasks.core.db import create_engine
+from smarttasks.core.db import create_engine, libpq_conninfo
 from smarttasks.core.messaging import metrics
 from smarttasks.core.messaging.connection import connect, redact
 from smarttasks.core.messaging.envelope import (
@@ -178,11 +179,6 @@ class OutboxTable:
         )
 
 
-def listen_conninfo(engine: AsyncEngine) -> str:
-    """libpq connection string of the engine's database, for a dedicated LISTEN connection."""
-    return engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 class OutboxRelay:
     """Moves outbox rows to a sink, in order, at least once, waking on NOTIFY.
 
@@ -228,8 +224,8 @@ class OutboxRelay:
         """Relay now instead of waiting for a notification."""
         if outbox is None:
             self._wake_all()
-        else:
-            self._wakes[outbox].set()
+        elif (wake := self._wakes.get(outbox)) is not None:
+            wake.set()
 
     async def run(self) -> None:
         await self._sink.start()
@@ -339,7 +335,7 @@ class OutboxRelay:
             wake.set()
 
     async def _listen(self) -> None:
-        conninfo = listen_conninfo(self._engine)
+        conninfo = libpq_conninfo(self._engine)
         backoff = Backoff(maximum=5.0)
         while True:
             try:

@@ -1,0 +1,97 @@
+"""Relays are woken after a producer's commit, never by an uncommitted or rolled-back write."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import psycopg
+import pytest
+from pydantic import BaseModel
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from smarttasks.core.db import libpq_conninfo, unit_of_work
+from smarttasks.core.messaging.wakeup import notifying_relays
+from smarttasks.core.outbox import (
+    OUTBOX_CHANNEL,
+    add_to_outbox,
+    outbox_waker_attached,
+    qualified_name,
+)
+from tests.fixtures.amqp import EventSchema
+
+pytestmark = pytest.mark.integration
+
+
+class Thing(BaseModel):
+    id: uuid.UUID
+    n: int
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.woken: list[str] = []
+
+    def wake(self, outbox: str) -> None:
+        self.woken.append(outbox)
+
+
+async def _add(session: AsyncSession, schema: EventSchema, n: int) -> None:
+    thing = Thing(id=uuid.uuid4(), n=n)
+    await add_to_outbox(
+        session,
+        schema.outbox,
+        event_id=thing.id,
+        exchange="smarttasks.events",
+        routing_key="thing.changed",
+        message=thing,
+        aggregate_id=thing.id,
+    )
+
+
+async def test_a_commit_wakes_once_per_outbox_and_a_rollback_does_not(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], event_schema: EventSchema
+) -> None:
+    recorder = Recorder()
+    name = qualified_name(event_schema.outbox)
+    with outbox_waker_attached(engine, recorder):
+        async with sessions() as session:
+            await _add(session, event_schema, 1)
+            await _add(session, event_schema, 2)
+            assert recorder.woken == []  # not before the commit
+            await session.commit()
+        assert recorder.woken == [name]
+
+        with pytest.raises(RuntimeError):
+            async with unit_of_work(sessions) as session:
+                await _add(session, event_schema, 3)
+                raise RuntimeError("the change fails")
+        # The rolled-back write is forgotten: neither this nor a later commit reports it.
+        async with unit_of_work(sessions) as session:
+            await session.execute(event_schema.applied.select())
+        assert recorder.woken == [name]
+    # Detached: commits no longer reach it.
+    async with unit_of_work(sessions) as session:
+        await _add(session, event_schema, 4)
+    assert recorder.woken == [name]
+
+
+async def test_the_notifier_sends_the_outbox_name_after_commit(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], event_schema: EventSchema
+) -> None:
+    name = qualified_name(event_schema.outbox)
+    async with await psycopg.AsyncConnection.connect(
+        libpq_conninfo(engine), autocommit=True
+    ) as listener:
+        await listener.execute(f"LISTEN {OUTBOX_CHANNEL}")
+        async with notifying_relays(engine) as notifier:
+            # Many commits at once: they coalesce into fewer notifications, never none.
+            async def commit(n: int) -> None:
+                async with unit_of_work(sessions) as session:
+                    await _add(session, event_schema, n)
+
+            await asyncio.gather(*(commit(n) for n in range(20)))
+            async with asyncio.timeout(10):
+                async for notify in listener.notifies(stop_after=1):
+                    assert notify.payload == name
+            assert 1 <= notifier.sent <= 20
