@@ -13,11 +13,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import smarttasks.automation as automation
 from smarttasks.automation import api as rules_api
+from smarttasks.automation.engine import AutomationEngine, DatabaseStatusSink, EngineSettings
+from smarttasks.automation.rules.index import RuleIndex
 from smarttasks.core import migrations
 from smarttasks.core.db import create_engine, create_sessionmaker, ping, unit_of_work
 from smarttasks.core.errors import NotFound
 from smarttasks.core.http import create_app
+from smarttasks.core.messaging import LocalRelay, MessagingSettings
 from smarttasks.notifications import app as notifications_app
+from smarttasks.notifications.consumers import notification_consumer
 from smarttasks.notifications.directory import Contact, InProcessUserDirectory
 from smarttasks.notifications.settings import NotificationsSettings
 from smarttasks.tasks import app as tasks_app
@@ -47,6 +51,10 @@ COMPONENTS: tuple[Component, ...] = (
 )
 
 
+# The outboxes the embedded platform's in-process relay delivers from.
+EMBEDDED_OUTBOXES = ("tasks.outbox", "automation.outbox")
+
+
 def migrate_all(url: str) -> None:
     """Bring every component's schema to its latest revision (idempotent)."""
     for component in COMPONENTS:
@@ -73,7 +81,14 @@ def create_embedded_app(
     notifications: NotificationsSettings | None = None,
     background: bool = True,
 ) -> FastAPI:
-    """Every API under `/api/v1` in one ASGI app, over one database (embedded mode)."""
+    """Every API under `/api/v1` in one ASGI app, over one database (embedded mode).
+
+    With `background`, the whole pipeline runs in this process too: the automation engine
+    on the rules kept in the database, the in-process relay handing task events to the
+    engine and notification requests to the notification service, and the delivery
+    workers, in place of the relay process and RabbitMQ. Several such processes may share
+    a database: relays, engines and workers claim their work with row locks.
+    """
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
 
     async def database() -> None:
@@ -86,15 +101,36 @@ def create_embedded_app(
         app.state.sessions = create_sessionmaker(engine)
         app.state.users_auth = auth
         app.state.verifier = users_app.local_verifier(auth)
-        store = rules_api.use_database_store(app, app.state.sessions)
+        sessions = app.state.sessions
+        index = RuleIndex()
+        automation_engine = AutomationEngine(
+            sessions=sessions,
+            database_url=settings.database_url,
+            rules=index,
+            sink=DatabaseStatusSink(sessions),
+            settings=EngineSettings(database_url=settings.database_url),
+        )
+        store = rules_api.use_database_store(
+            app, sessions, index=index, on_change=automation_engine.rules_changed
+        )
         await store.load_index()
-        if not background:  # tests that drive the workers themselves
+        if not background:  # tests that drive the engine, relay and workers themselves
             yield
         else:
-            async with notifications_app.delivery_workers(
-                notifications or NotificationsSettings(database_url=settings.database_url),
-                sessions=app.state.sessions,
-                directory=in_process_directory(app.state.sessions),
+            relay = LocalRelay(
+                engine,
+                [automation_engine.task_consumer, notification_consumer()],
+                outboxes=EMBEDDED_OUTBOXES,
+                settings=MessagingSettings(database_url=settings.database_url),
+            )
+            async with (
+                automation_engine,
+                relay.running(),
+                notifications_app.delivery_workers(
+                    notifications or NotificationsSettings(database_url=settings.database_url),
+                    sessions=sessions,
+                    directory=in_process_directory(sessions),
+                ),
             ):
                 yield
         await engine.dispose()

@@ -11,12 +11,14 @@ from pathlib import Path
 import httpx
 import structlog
 from fastapi import APIRouter, FastAPI
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from smarttasks.core.auth import RemoteJWKS, TokenVerifier
 from smarttasks.core.db import create_engine, create_sessionmaker, ping
 from smarttasks.core.http import create_app
+from smarttasks.core.messaging import ConsumerRunner, MessagingSettings
 from smarttasks.notifications.channels import build_channels
+from smarttasks.notifications.consumers import notification_consumer
 from smarttasks.notifications.directory import (
     FileToken,
     HttpUserDirectory,
@@ -42,6 +44,8 @@ SCHEMA = "notifications"
 ROUTERS: tuple[APIRouter, ...] = (router,)
 
 log = structlog.get_logger()
+
+_CONSUMER_STOP_SECONDS = 10.0
 
 
 def build_secrets(settings: NotificationsSettings) -> SecretResolver:
@@ -120,6 +124,24 @@ async def delivery_workers(
         await channels.aclose()
 
 
+@asynccontextmanager
+async def request_consumer(engine: AsyncEngine) -> AsyncIterator[ConsumerRunner]:
+    """Consume `notification.requested` from RabbitMQ for the block's duration (cluster mode)."""
+    runner = ConsumerRunner(notification_consumer(), engine=engine, settings=MessagingSettings())
+    task = asyncio.create_task(runner.run(), name="notification-requests")
+    try:
+        yield runner
+    finally:
+        runner.stop()
+        try:
+            async with asyncio.timeout(_CONSUMER_STOP_SECONDS):
+                await asyncio.shield(task)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 def create_notifications_app(
     settings: NotificationsSettings,
     *,
@@ -143,13 +165,15 @@ def create_notifications_app(
         )
         users = directory or build_directory(settings)
         try:
-            if settings.worker_enabled and settings.worker_count:
-                async with delivery_workers(
-                    settings, sessions=app.state.sessions, directory=users, secrets=secrets
-                ) as pool:
-                    app.state.delivery_workers = pool
-                    yield
-            else:
+            async with contextlib.AsyncExitStack() as stack:
+                if settings.consumer_enabled:
+                    await stack.enter_async_context(request_consumer(engine))
+                if settings.worker_enabled and settings.worker_count:
+                    app.state.delivery_workers = await stack.enter_async_context(
+                        delivery_workers(
+                            settings, sessions=app.state.sessions, directory=users, secrets=secrets
+                        )
+                    )
                 yield
         finally:
             if isinstance(users, HttpUserDirectory) and directory is None:

@@ -9,11 +9,24 @@ import structlog
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from smarttasks.core.events import NOTIFICATION_REQUESTED, NotificationRequested
+from smarttasks.core.events import (
+    NOTIFICATION_REQUESTED,
+    NOTIFICATIONS_EXCHANGE,
+    NotificationRequested,
+)
 from smarttasks.core.messaging.envelope import Envelope, UnprocessableMessage
+from smarttasks.core.messaging.routing import Consumer
+from smarttasks.core.outbox import dead_letter_table, inbox_table
 from smarttasks.notifications import service
+from smarttasks.notifications.models import Base
 
 log = structlog.get_logger()
+
+CONSUMER_NAME = "notifications"
+# Requests already recorded (a redelivery is acknowledged without another look) and, in
+# embedded mode, the ones given up on.
+inbox = inbox_table(Base.metadata)
+dead_letters = dead_letter_table(Base.metadata)
 
 Message = (
     Envelope[NotificationRequested]
@@ -77,3 +90,12 @@ def _has_nul(value: object) -> bool:
 def encode(request: NotificationRequested) -> bytes:
     """The message body a publisher sends (the inverse of `parse_request`)."""
     return request.model_dump_json().encode()
+
+
+def notification_consumer() -> Consumer:
+    """The service's consumer definition, for the runner (RabbitMQ) or the in-process relay."""
+    consumer = Consumer(
+        CONSUMER_NAME, exchange=NOTIFICATIONS_EXCHANGE, inbox=inbox, dead_letters=dead_letters
+    )
+    consumer.add(NOTIFICATION_REQUESTED, handle, schema=NotificationRequested)
+    return consumer

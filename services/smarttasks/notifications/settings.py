@@ -165,6 +165,14 @@ class NotificationsSettings(ServiceSettings):
     worker_enabled: bool = Field(
         default=True, description="Run the delivery worker in this process's lifespan."
     )
+    consumer_enabled: bool = Field(
+        default=True,
+        description=(
+            "Consume `notification.requested` from RabbitMQ in this process (cluster mode; "
+            "broker and tuning from the `SMARTTASKS_AMQP_URL` and `SMARTTASKS_CONSUMER_*` "
+            "settings)."
+        ),
+    )
     worker_count: int = Field(
         default=1,
         ge=0,
