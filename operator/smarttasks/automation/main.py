@@ -21,6 +21,9 @@ from smarttasks.core.logging import configure_logging
 
 log = structlog.get_logger()
 
+# Where `run_operator` leaves this replica's peering priority for the engine's gate.
+PEERING_PRIORITY_KEY = "peering_priority"
+
 
 def attach_engine(state: OperatorState) -> None:
     """Run the automation engine in this process, over the operator's RuleIndex.
@@ -32,6 +35,7 @@ def attach_engine(state: OperatorState) -> None:
     """
     from kubernetes import client
 
+    from smarttasks.automation.activation import EngineGate
     from smarttasks.automation.engine import EngineSettings, KubernetesStatusSink, open_engine
     from smarttasks.automation.kube import api_client
     from smarttasks.core.db import create_engine
@@ -39,21 +43,22 @@ def attach_engine(state: OperatorState) -> None:
     from smarttasks.core.messaging.wakeup import notifying_relays
 
     stack = contextlib.AsyncExitStack()
+    activation: list[asyncio.Task[None]] = []
 
-    async def start(shared: OperatorState) -> None:
+    async def activate(shared: OperatorState, kube: client.ApiClient) -> None:
         if shared.rules is None:
             raise RuntimeError("the rule index must exist before the engine starts")
+        api = client.CustomObjectsApi(kube)
+        priority = int(shared.resources.get(PEERING_PRIORITY_KEY, 0))
+        await EngineGate(shared, api, priority=priority).wait()
         settings = EngineSettings()
         messaging = MessagingSettings()
-        kube = await asyncio.to_thread(api_client, shared.config.operator_kubeconfig)
-        stack.callback(kube.close)
-        sink = KubernetesStatusSink(
-            client.CustomObjectsApi(kube), group=API_GROUP, version=API_VERSION, plural=PLURAL
-        )
+        sink = KubernetesStatusSink(api, group=API_GROUP, version=API_VERSION, plural=PLURAL)
         engine = await stack.enter_async_context(
             open_engine(settings, rules=shared.rules, sink=sink)
         )
         shared.on_change.append(engine.rules_changed)
+        shared.on_delete.append(engine.rule_deleted)
         database = create_engine(messaging.database_url, pool_size=messaging.database_pool_size)
         stack.push_async_callback(database.dispose)
         # Events can fire rules: their outbox rows wake the relays after each commit.
@@ -69,11 +74,29 @@ def attach_engine(state: OperatorState) -> None:
         stack.push_async_callback(stop_consuming)
         shared.resources["engine"] = engine
 
+    async def start(shared: OperatorState) -> None:
+        # Rules are handled at once; the engine follows when this replica leads and its
+        # rule index is complete (see `activation`), which kopf reaches only after start-up.
+        kube = await asyncio.to_thread(api_client, shared.config.operator_kubeconfig)
+        stack.callback(kube.close)
+        task = asyncio.create_task(activate(shared, kube), name="automation-engine-activation")
+        task.add_done_callback(_report_activation)
+        activation.append(task)
+
     async def stop(_shared: OperatorState) -> None:
+        for task in activation:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         await stack.aclose()
 
     state.on_start.append(start)
     state.on_stop.append(stop)
+
+
+def _report_activation(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("automation_engine_start_failed", exc_info=task.exception())
 
 
 async def run_operator(
@@ -97,6 +120,8 @@ async def run_operator(
         if config.operator_engine_enabled:
             attach_engine(state)
     shared = state
+    settings = kopf_settings(config)
+    shared.resources[PEERING_PRIORITY_KEY] = settings.peering.priority
     memo = kopf.Memo()
     memo[MEMO_KEY] = shared
     liveness = (
@@ -111,7 +136,7 @@ async def run_operator(
     )
     await kopf.operator(
         registry=registry,
-        settings=kopf_settings(config),
+        settings=settings,
         clusterwide=config.clusterwide,
         namespaces=config.operator_namespaces,
         memo=memo,

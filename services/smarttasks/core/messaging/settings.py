@@ -65,8 +65,9 @@ class MessagingSettings(ServiceSettings):
         default=30.0,
         gt=0,
         description=(
-            "Longest sleep of an idle relay, in seconds. Relays wake on NOTIFY from the "
-            "outbox trigger; this is the safety net for a notification lost in a reconnect."
+            "Longest sleep of an idle relay, in seconds. Relays wake on the NOTIFY producers "
+            "send after their commits; this is the safety net for a notification lost in a "
+            "reconnect."
         ),
     )
     relay_confirm_timeout_seconds: float = Field(
