@@ -105,3 +105,41 @@ def test_only_p256_keys_are_accepted() -> None:
     )
     with pytest.raises(ValueError, match="P-256"):
         TokenSigner(p384.decode(), issuer=ISSUER, audience=AUDIENCE, ttl_seconds=900)
+
+
+class CountingKeys(StaticKeys):
+    """Counts key lookups: each one is a signature check the verifier could not skip."""
+
+    lookups = 0
+
+    async def get_key(self, kid: str) -> jwt.PyJWK:
+        self.lookups += 1
+        return await super().get_key(kid)
+
+
+async def test_a_verified_token_is_remembered_until_it_expires(signer: TokenSigner) -> None:
+    now = [time.time()]
+    keys = CountingKeys(signer.jwks)
+    verifier = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE, clock=lambda: now[0])
+    token = _forge(signer, exp=int(now[0]) + 30)
+    first = await verifier.verify(token)
+    assert await verifier.verify(token) == first
+    assert keys.lookups == 1
+    # Past its `exp`, the token is checked again (and the real check refuses it then).
+    now[0] += 31
+    await verifier.verify(token)
+    assert keys.lookups == 2
+    # Another token is never answered from the first one's entry.
+    other = _forge(signer)
+    assert (await verifier.verify(other)).user_id != first.user_id
+    assert keys.lookups == 3
+
+
+async def test_a_refused_token_is_not_remembered(signer: TokenSigner) -> None:
+    keys = CountingKeys(signer.jwks)
+    verifier = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE)
+    token = _forge(signer, typ="refresh")
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            await verifier.verify(token)
+    assert keys.lookups == 2

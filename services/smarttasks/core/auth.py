@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Protocol
 
@@ -93,15 +94,48 @@ class RemoteJWKS:
             raise Unauthorized("Token signed with an unknown key") from None
 
 
+_CACHE_SECONDS = 60.0
+_CACHE_SIZE = 10_000
+
+
 class TokenVerifier:
     """Verifies access tokens: signature, `exp`, `iss`, `aud` all required."""
 
-    def __init__(self, keys: KeySource, *, issuer: str, audience: str) -> None:
+    def __init__(
+        self,
+        keys: KeySource,
+        *,
+        issuer: str,
+        audience: str,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._keys = keys
+        self._clock = clock
         self._issuer = issuer
         self._audience = audience
+        # Tokens already verified, until their expiry (at most `_CACHE_SECONDS`): a client
+        # sends the same token with every request for minutes, and a signature check
+        # costs more than the rest of a simple request's work.
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     async def verify(self, token: str) -> Principal:
+        cached = self._verified.get(token)
+        if cached is not None and cached[1] > self._clock():
+            return cached[0]
+        principal, expires = await self._verify(token)
+        if len(self._verified) >= _CACHE_SIZE:
+            self._forget_expired_or_oldest()
+        self._verified[token] = (principal, min(expires, self._clock() + _CACHE_SECONDS))
+        return principal
+
+    def _forget_expired_or_oldest(self) -> None:
+        now = self._clock()
+        for token in [t for t, (_, until) in self._verified.items() if until <= now]:
+            del self._verified[token]
+        while len(self._verified) >= _CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -132,11 +166,12 @@ class TokenVerifier:
         except ValueError:
             raise Unauthorized("Invalid subject in access token") from None
         roles = claims.get("roles", [])
-        return Principal(
+        principal = Principal(
             user_id=user_id,
             email=str(claims.get("email", "")),
             roles=frozenset(r for r in roles if isinstance(r, str)),
         )
+        return principal, float(claims["exp"])
 
 
 _bearer = HTTPBearer(auto_error=False, description="Access token from POST /api/v1/auth/token")

@@ -7,13 +7,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, and_, delete, or_, select, true
+from sqlalchemy import ColumnElement, Table, and_, delete, insert, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from smarttasks.core.auth import Principal
 from smarttasks.tasks.models import Task
 from smarttasks.tasks.pagination import Cursor
 from smarttasks.tasks.schemas import SortKey, TaskStatus
+
+_TABLE: Table = Task.__table__  # type: ignore[assignment]
+_COLUMNS = tuple(column.key for column in _TABLE.columns)
+_INSERT = insert(_TABLE)
 
 OPEN_STATUSES = (TaskStatus.TODO.value, TaskStatus.IN_PROGRESS.value)
 
@@ -48,8 +52,12 @@ class TaskRepository:
         self.session = session
 
     async def add(self, task: Task) -> Task:
-        self.session.add(task)
-        await self.session.flush()
+        """Insert a new, fully populated task with one statement.
+
+        A plain INSERT rather than the session's unit of work: a created task is not
+        changed again in its request, and the flush machinery cost more than the insert.
+        """
+        await self.session.execute(_INSERT, {column: getattr(task, column) for column in _COLUMNS})
         return task
 
     async def get_visible(
