@@ -1,0 +1,58 @@
+"""Fixtures of the end-to-end suite: the cluster of processes and the embedded platform.
+
+Each is started once for the suite (package scope) and stopped after its last test, so
+the scenarios share start-up; every scenario makes its own users, projects and rules, so
+none sees another's tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Generator
+
+import pytest
+
+from smarttasks.gateway.embedded_db import EmbeddedPostgres
+from tests.e2e.cluster import ClusterPlatform, running_cluster
+from tests.e2e.embedded import EmbeddedPlatform, running_embedded
+from tests.fixtures.amqp import RabbitNode
+from tests.fixtures.k8s import ControlPlane
+
+
+@pytest.fixture(scope="package")
+async def cluster(
+    postgres: EmbeddedPostgres,
+    rabbitmq: RabbitNode,
+    k8s: ControlPlane,
+    automationrule_crd: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[ClusterPlatform]:
+    """users, tasks, rules-api, notifications, operator and relay, each its own process."""
+    async with running_cluster(
+        server_url=postgres.url,
+        rabbitmq=rabbitmq,
+        k8s=k8s,
+        workdir=tmp_path_factory.mktemp("e2e-cluster"),
+    ) as platform:
+        yield platform
+
+
+@pytest.fixture(scope="package")
+async def embedded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedPlatform]:
+    """One `smarttasks up` process with a fresh data folder."""
+    async with running_embedded(tmp_path_factory.mktemp("e2e-embedded")) as platform:
+        yield platform
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """On failure, say where each component's log is and what errors it logged."""
+    report = yield
+    if report.failed:
+        funcargs = getattr(item, "funcargs", {})
+        for name in ("cluster", "embedded"):
+            platform = funcargs.get(name)
+            if platform is not None:
+                report.sections.append((f"{name} components", platform.report()))
+    return report
