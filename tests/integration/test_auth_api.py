@@ -219,3 +219,39 @@ async def test_login_is_rate_limited_per_client_address(database_url: str) -> No
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             codes = [(await login(client, _email())).status_code for _ in range(5)]
     assert codes == [401, 401, 401, 401, 429]
+
+
+async def test_a_service_reads_accounts_with_the_service_token_and_nothing_else(
+    database_url: str,
+) -> None:
+    secret = "s" * 40
+    app = create_embedded_app(settings_for(database_url, service_token=secret), background=False)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            email = _email()
+            registered = await client.post(
+                "/api/v1/auth/register",
+                json={"email": email, "password": PASSWORD, "display_name": "Ada"},
+            )
+            user_id = registered.json()["id"]
+            token = (await login(client, email)).json()["access_token"]
+
+            async def get(bearer: str) -> httpx.Response:
+                return await client.get(
+                    f"/api/v1/users/{user_id}", headers={"Authorization": f"Bearer {bearer}"}
+                )
+
+            read = await get(secret)
+            assert read.status_code == 200 and read.json()["email"] == email
+            # Nearly the secret, or a user's own token, is not enough.
+            assert (await get(secret[:-1] + "t")).status_code == 401
+            assert (await get(token)).status_code == 403
+            # The service token is no access token anywhere else.
+            me = await client.get("/api/v1/users/me", headers={"Authorization": f"Bearer {secret}"})
+            assert me.status_code == 401
+
+
+def test_a_short_service_token_is_refused_at_start(database_url: str) -> None:
+    with pytest.raises(ValueError, match="at least 32"):
+        settings_for(database_url, service_token="short").read_service_token()

@@ -174,12 +174,14 @@ class TokenVerifier:
         return principal, float(claims["exp"])
 
 
-_bearer = HTTPBearer(auto_error=False, description="Access token from POST /api/v1/auth/token")
+bearer_scheme = HTTPBearer(
+    auto_error=False, description="Access token from POST /api/v1/auth/token"
+)
 
 
 async def get_principal(
     request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> Principal:
     """The verified caller; 401 without a valid bearer token."""
     if credentials is None or credentials.scheme.lower() != "bearer":

@@ -47,6 +47,7 @@ def build_auth(settings: UsersSettings) -> AuthContext:
             per_address=settings.login_max_per_address,
         ),
         refresh_ttl=timedelta(seconds=settings.refresh_token_ttl_seconds),
+        service_token=settings.read_service_token(),
     )
 
 

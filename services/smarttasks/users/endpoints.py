@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hmac
 import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
-from fastapi.security import OAuth2PasswordRequestForm
+from fastapi.security import HTTPAuthorizationCredentials, OAuth2PasswordRequestForm
 
-from smarttasks.core.auth import AdminPrincipal, CurrentPrincipal
+from smarttasks.core.auth import (
+    AdminPrincipal,
+    CurrentPrincipal,
+    bearer_scheme,
+    get_admin,
+    get_principal,
+)
 from smarttasks.core.db import SessionDep
 from smarttasks.core.errors import BadRequest, problem_responses
 from smarttasks.users import service
@@ -30,6 +37,25 @@ def _auth(request: Request) -> AuthContext:
 
 
 AuthDep = Annotated[AuthContext, Depends(_auth)]
+
+
+async def _account_reader(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
+    auth: AuthDep,
+) -> None:
+    """An administrator, or a service presenting the configured service token."""
+    if (
+        auth.service_token
+        and credentials is not None
+        and credentials.scheme.lower() == "bearer"
+        and hmac.compare_digest(credentials.credentials.encode(), auth.service_token.encode())
+    ):
+        return
+    await get_admin(await get_principal(request, credentials))
+
+
+AccountReader = Annotated[None, Depends(_account_reader)]
 
 
 @router.post(
@@ -134,7 +160,7 @@ async def list_users(
     summary="One account (administrators and services)",
     responses={**ERRORS, **NOT_ADMIN},
 )
-async def get_user(user_id: uuid.UUID, _admin: AdminPrincipal, session: SessionDep) -> UserOut:
+async def get_user(user_id: uuid.UUID, _reader: AccountReader, session: SessionDep) -> UserOut:
     return UserOut.model_validate(await service.get_user(session, user_id))
 
 

@@ -30,6 +30,8 @@ class AuthContext:
     hasher: PasswordHasher
     guard: LoginGuard
     refresh_ttl: timedelta
+    service_token: str = ""
+    """Bearer secret that lets other services read accounts; '' when unset."""
 
 
 async def register(

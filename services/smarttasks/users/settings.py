@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, model_validator
 
 from smarttasks.core.settings import Environment, ServiceSettings
@@ -29,9 +31,30 @@ class UsersSettings(ServiceSettings):
     login_max_per_address: int = Field(
         default=100, ge=1, description="Login attempts per client address per window."
     )
+    service_token: str = Field(
+        default="",
+        repr=False,
+        description=(
+            "Shared secret other services (the notification service) present as a bearer "
+            "token to read accounts (`GET /api/v1/users/{id}`); empty turns it off. At "
+            "least 32 characters."
+        ),
+    )
+    service_token_file: str = Field(
+        default="", description="File holding `service_token` (a mounted Secret)."
+    )
     password_memory_kib: int = Field(
         default=65536, ge=1024, description="argon2id memory cost; lower only in tests."
     )
+
+    def read_service_token(self) -> str:
+        """The service token from `service_token` or its file ('' when neither is set)."""
+        token = self.service_token
+        if not token and self.service_token_file:
+            token = Path(self.service_token_file).read_text().strip()
+        if token and len(token) < 32:
+            raise ValueError("the service token must be at least 32 characters")
+        return token
 
     @model_validator(mode="after")
     def _require_key_in_prod(self) -> UsersSettings:
