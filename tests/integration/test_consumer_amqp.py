@@ -14,7 +14,7 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from smarttasks.core.events import EVENTS_EXCHANGE
@@ -87,6 +87,12 @@ async def next_dead_letter(channel: AbstractChannel, consumer: str) -> AbstractI
             await message.ack()
             return message
     raise AssertionError("the dead-letter queue iterator ended")
+
+
+async def ready_count(channel: AbstractChannel, queue: str) -> int:
+    """Messages in `queue` not yet handed to a consumer."""
+    declared = await channel.declare_queue(queue, passive=True)
+    return int(declared.declaration_result.message_count or 0)
 
 
 async def applied_count(engine: AsyncEngine, schema: EventSchema, consumer: str) -> int:
@@ -338,3 +344,67 @@ async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered_by_the
     death = deaths[0]
     assert isinstance(death, dict)
     assert (death["reason"], death["queue"]) == ("delivery_limit", name)
+
+
+async def test_waiting_messages_share_a_transaction_and_a_failure_unbatches_only_its_batch(
+    engine: AsyncEngine,
+    database_url: str,
+    amqp_url: str,
+    event_schema: EventSchema,
+    channel: AbstractChannel,
+    topic: str,
+) -> None:
+    name = f"{topic}-batch"
+    consumer = event_schema.consumer(name)
+    released = asyncio.Event()
+    poison = uuid.uuid4()
+
+    async def record(session: AsyncSession, message: Envelope[Mapping[str, Any]]) -> None:
+        if not released.is_set():
+            await released.wait()  # hold the lane while the rest queue up behind it
+        if message.id == poison:
+            raise UnprocessableMessage("cannot greet this one")
+        txid = await session.scalar(text("SELECT txid_current()"))
+        await session.execute(
+            event_schema.applied.insert().values(
+                consumer=name, event_id=message.id, n=txid, routing_key=message.routing_key
+            )
+        )
+
+    consumer.add(f"{topic}.#", record)
+    log = SettlementLog()
+    settings = messaging_settings(
+        database_url, amqp_url, consumer_concurrency=1, consumer_batch_size=10
+    )
+    runner = ConsumerRunner(consumer, engine=engine, settings=settings, on_settled=log)
+    ids = [uuid.uuid4() for _ in range(40)]
+    ids[4] = poison  # in the second batch: it rolls back and goes one by one
+    ids[30] = ids[29]  # a redelivery inside a batch
+
+    async with consuming(runner):
+        for event_id in ids:
+            await publish(channel, f"{topic}.greeted", event_body(event_id))
+        # Every message is with the consumer (none ready in the queue) before the first ends.
+        async with asyncio.timeout(TIMEOUT):
+            while (
+                await channel.declare_queue(name, passive=True)
+            ).declaration_result.message_count:
+                await asyncio.sleep(0.05)
+        released.set()
+        await log.wait_until(lambda: len(log.items) == len(ids), timeout=TIMEOUT)
+
+    good = set(ids) - {poison}
+    assert log.applied == good
+    assert log.counts[Outcome.DEAD_LETTERED] == 1 and log.counts[Outcome.DUPLICATE] == 1
+    assert log.counts[Outcome.RETRIED] == 0
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                select(event_schema.applied.c.event_id, event_schema.applied.c.n).where(
+                    event_schema.applied.c.consumer == name
+                )
+            )
+        ).all()
+    assert sorted(str(r.event_id) for r in rows) == sorted(str(i) for i in good)
+    # Fewer transactions than events: the batches without the poison committed together.
+    assert len({r.n for r in rows}) < len(rows)

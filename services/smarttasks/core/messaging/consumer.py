@@ -26,7 +26,8 @@ import signal
 import time
 import uuid
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,6 +66,7 @@ from smarttasks.core.messaging.inbox import (
     Outcome,
     Settlement,
     SettlementHook,
+    apply_many,
     apply_once,
     prune_inbox,
 )
@@ -74,7 +76,7 @@ from smarttasks.core.messaging.retry import (
     database_available,
     is_connection_error,
 )
-from smarttasks.core.messaging.routing import Consumer
+from smarttasks.core.messaging.routing import Consumer, Route
 from smarttasks.core.messaging.settings import MessagingSettings
 from smarttasks.core.messaging.topology import consumer_queues, declare_consumer_queues
 
@@ -192,19 +194,73 @@ class ConsumerRunner:
 
     async def _lane(self, lane: asyncio.Queue[AbstractIncomingMessage]) -> None:
         while True:
-            message = await lane.get()
+            batch = [await lane.get()]
+            # Messages already waiting behind it share its transaction (same lane: in order).
+            while len(batch) < self._settings.consumer_batch_size and not lane.empty():
+                batch.append(lane.get_nowait())
             try:
-                await self._process(message)
-            except Exception:
-                # A bug here must not stall the lane or drop the message: return it to the
-                # queue (the delivery limit ends a loop).
-                self._log.exception("consumer_message_crashed", message_id=message.message_id)
-                with contextlib.suppress(AMQPError, ChannelInvalidStateError, OSError):
-                    await message.nack(requeue=True)
+                if len(batch) == 1:
+                    await self._guarded(batch[0], self._process(batch[0]))
+                else:
+                    await self._process_batch(batch)
             finally:
-                lane.task_done()
+                for _ in batch:
+                    lane.task_done()
+
+    async def _guarded(
+        self, message: AbstractIncomingMessage, work: Coroutine[Any, Any, None]
+    ) -> None:
+        try:
+            await work
+        except Exception:
+            await self._crashed(message)
+
+    async def _crashed(self, message: AbstractIncomingMessage) -> None:
+        # A bug here must not stall the lane or drop the message: return it to the queue
+        # (the delivery limit ends a loop).
+        self._log.exception("consumer_message_crashed", message_id=message.message_id)
+        with contextlib.suppress(AMQPError, ChannelInvalidStateError, OSError):
+            await message.nack(requeue=True)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
+        prepared = await self._prepare(message)
+        if prepared is not None:
+            await self._apply(prepared)
+
+    async def _process_batch(self, messages: list[AbstractIncomingMessage]) -> None:
+        """Apply waiting messages in one transaction; one by one if any of them fails."""
+        prepared: list[_Prepared] = []
+        for message in messages:
+            try:
+                item = await self._prepare(message)
+            except Exception:
+                await self._crashed(message)
+                continue
+            if item is not None:
+                prepared.append(item)
+        if len(prepared) > 1:
+            started = time.perf_counter()
+            try:
+                outcomes = await apply_many(
+                    self._sessions,
+                    self.consumer,
+                    [(item.route, item.envelope) for item in prepared],
+                )
+            except Exception as exc:
+                self._log.info(
+                    "consumer_batch_rolled_back", size=len(prepared), error=describe_error(exc)
+                )
+            else:
+                share = (time.perf_counter() - started) / len(prepared)
+                for item, outcome in zip(prepared, outcomes, strict=True):
+                    metrics.CONSUMER_HANDLE_SECONDS.labels(self.consumer.name).observe(share)
+                    await self._guarded(item.message, self._settled(item, outcome))
+                return
+        for item in prepared:
+            await self._guarded(item.message, self._apply(item))
+
+    async def _prepare(self, message: AbstractIncomingMessage) -> _Prepared | None:
+        """The message decoded and routed; None when it was dead-lettered instead."""
         headers = dict(message.headers)
         routing_key = _text(headers.get(HEADER_ROUTING_KEY)) or message.routing_key or ""
         exchange = _text(headers.get(HEADER_EXCHANGE)) or message.exchange or ""
@@ -213,21 +269,21 @@ class ConsumerRunner:
             event_id, payload = decode_payload(message.body)
         except MalformedMessage as exc:
             await self._dead_letter(message, None, routing_key, exchange, attempt, "malformed", exc)
-            return
+            return None
         route = self.consumer.route(routing_key)
         if route is None:
             error = LookupError(f"no handler for routing key {routing_key!r}")
             await self._dead_letter(
                 message, event_id, routing_key, exchange, attempt, "no_handler", error
             )
-            return
+            return None
         try:
             event = route.parse(payload)
         except ValidationError as exc:
             await self._dead_letter(
                 message, event_id, routing_key, exchange, attempt, "invalid", exc
             )
-            return
+            return None
         envelope: Envelope[Any] = Envelope(
             id=event_id,
             routing_key=routing_key,
@@ -238,14 +294,25 @@ class ConsumerRunner:
             attempt=attempt,
             recorded_at=_recorded_at(headers.get(HEADER_RECORDED_AT)),
         )
+        return _Prepared(message, headers, route, envelope)
+
+    async def _apply(self, item: _Prepared) -> None:
+        """Apply one message in its own transaction, with retries and dead letters."""
+        message, envelope = item.message, item.envelope
         outage = Backoff(initial=0.2, maximum=10.0)
         while True:
             started = time.perf_counter()
             try:
-                outcome = await apply_once(self._sessions, self.consumer, route, envelope)
+                outcome = await apply_once(self._sessions, self.consumer, item.route, envelope)
             except UnprocessableMessage as exc:
                 await self._dead_letter(
-                    message, event_id, routing_key, exchange, attempt, "rejected", exc
+                    message,
+                    envelope.id,
+                    envelope.routing_key,
+                    envelope.exchange,
+                    envelope.attempt,
+                    "rejected",
+                    exc,
                 )
                 return
             except Exception as exc:
@@ -253,17 +320,22 @@ class ConsumerRunner:
                     self._log.warning("consumer_database_unavailable", error=describe_error(exc))
                     await outage.sleep()
                     continue
-                await self._failed(message, envelope, headers, exc)
+                await self._failed(message, envelope, item.headers, exc)
                 return
             break
         metrics.CONSUMER_HANDLE_SECONDS.labels(self.consumer.name).observe(
             time.perf_counter() - started
         )
+        await self._settled(item, outcome)
+
+    async def _settled(self, item: _Prepared, outcome: Outcome) -> None:
+        """After the commit: lag, acknowledgement, settlement."""
+        envelope = item.envelope
         if outcome is Outcome.APPLIED and envelope.recorded_at is not None:
             lag = time.time() - envelope.recorded_at.timestamp()
             metrics.CONSUMER_LAG.labels(self.consumer.name).observe(max(lag, 0.0))
-        await self._ack(message)
-        self._settle(event_id, routing_key, outcome, attempt)
+        await self._ack(item.message)
+        self._settle(envelope.id, envelope.routing_key, outcome, envelope.attempt)
 
     async def _failed(
         self,
@@ -402,6 +474,16 @@ class ConsumerRunner:
             else:
                 if pruned:
                     self._log.info("inbox_pruned", rows=pruned)
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A message decoded and routed, ready for its handler."""
+
+    message: AbstractIncomingMessage
+    headers: dict[str, Any]
+    route: Route
+    envelope: Envelope[Any]
 
 
 def _text(value: object) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
@@ -71,6 +71,38 @@ async def apply_once(
             await session.rollback()
             raise
     return Outcome.APPLIED
+
+
+async def apply_many(
+    sessions: async_sessionmaker[AsyncSession],
+    consumer: Consumer,
+    items: Sequence[tuple[Route, Envelope[Any]]],
+) -> list[Outcome]:
+    """`apply_once` for several events in one transaction: all commit or none does.
+
+    Each event still gets its inbox row and its handler call, in order; one commit (one
+    WAL flush, one session) serves them all. If any handler raises, everything rolls
+    back and the caller applies the events one by one, so one bad event costs the
+    others nothing but time.
+    """
+    outcomes: list[Outcome] = []
+    async with sessions() as session:
+        try:
+            for route, envelope in items:
+                claimed = await session.execute(
+                    _claim_statement(consumer.inbox),
+                    {"consumer": consumer.name, "event_id": envelope.id},
+                )
+                if claimed.first() is None:
+                    outcomes.append(Outcome.DUPLICATE)
+                    continue
+                await route.handler(session, envelope)
+                outcomes.append(Outcome.APPLIED)
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+    return outcomes
 
 
 @lru_cache(maxsize=64)

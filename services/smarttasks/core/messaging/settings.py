@@ -103,6 +103,16 @@ class MessagingSettings(ServiceSettings):
             "Events of one aggregate always share a lane, so they are applied in order."
         ),
     )
+    consumer_batch_size: int = Field(
+        default=20,
+        ge=1,
+        le=500,
+        description=(
+            "Messages already waiting in one lane that are applied in one transaction (each "
+            "with its inbox row, acknowledged after the commit). If one of them fails, the "
+            "transaction rolls back and they are applied one by one. 1 turns batching off."
+        ),
+    )
     consumer_retry_delays_seconds: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [1.0, 10.0, 60.0, 300.0],
         description=(
