@@ -250,3 +250,46 @@ def dead_letter_table(metadata: MetaData, name: str = "dead_letters") -> Table:
         Column("failed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
         UniqueConstraint("consumer", "event_id", name=f"uq_{name}_consumer_event_id"),
     )
+
+
+def create_consumer_tables(schema: str) -> None:
+    """In a migration: the `inbox` and `dead_letters` tables of a consuming service.
+
+    The same tables as `inbox_table()` and `dead_letter_table()` describe.
+    """
+    import sqlalchemy as sa
+    from alembic import op
+    from sqlalchemy.dialects import postgresql
+
+    op.create_table(
+        "inbox",
+        sa.Column("consumer", sa.String(200), nullable=False),
+        sa.Column("event_id", sa.Uuid(), nullable=False),
+        sa.Column(
+            "processed_at",
+            sa.DateTime(timezone=True),
+            nullable=False,
+            server_default=sa.func.now(),
+        ),
+        sa.PrimaryKeyConstraint("consumer", "event_id", name="pk_inbox"),
+        schema=schema,
+    )
+    op.create_index("ix_inbox_processed_at", "inbox", ["processed_at"], schema=schema)
+    op.create_table(
+        "dead_letters",
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=True), nullable=False),
+        sa.Column("consumer", sa.String(200), nullable=False),
+        sa.Column("event_id", sa.Uuid(), nullable=False),
+        sa.Column("exchange", sa.String(100), nullable=False),
+        sa.Column("routing_key", sa.String(100), nullable=False),
+        sa.Column("payload", postgresql.JSONB(), nullable=False),
+        sa.Column("reason", sa.String(50), nullable=False),
+        sa.Column("error", sa.Text(), nullable=False, server_default=""),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column(
+            "failed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.PrimaryKeyConstraint("id", name="pk_dead_letters"),
+        sa.UniqueConstraint("consumer", "event_id", name="uq_dead_letters_consumer_event_id"),
+        schema=schema,
+    )

@@ -134,7 +134,11 @@ class ConsumerRunner:
             stopping.cancel()
             if not connecting.done():
                 connecting.cancel()
-        if connecting.cancelled():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await connecting
+        if connecting.cancelled() or self._stop.is_set():
+            if not connecting.cancelled():
+                await connecting.result().close()
             return
         connection = connecting.result()
         lanes: list[asyncio.Task[None]] = []

@@ -7,9 +7,9 @@ Create Date: 2026-11-26
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.dialects import postgresql
+
+from smarttasks.core.outbox import create_consumer_tables
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -20,38 +20,7 @@ SCHEMA = "notifications"
 
 
 def upgrade() -> None:
-    op.create_table(
-        "inbox",
-        sa.Column("consumer", sa.String(200), nullable=False),
-        sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column(
-            "processed_at",
-            sa.DateTime(timezone=True),
-            nullable=False,
-            server_default=sa.func.now(),
-        ),
-        sa.PrimaryKeyConstraint("consumer", "event_id", name="pk_inbox"),
-        schema=SCHEMA,
-    )
-    op.create_index("ix_inbox_processed_at", "inbox", ["processed_at"], schema=SCHEMA)
-    op.create_table(
-        "dead_letters",
-        sa.Column("id", sa.BigInteger(), sa.Identity(always=True), nullable=False),
-        sa.Column("consumer", sa.String(200), nullable=False),
-        sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("exchange", sa.String(100), nullable=False),
-        sa.Column("routing_key", sa.String(100), nullable=False),
-        sa.Column("payload", postgresql.JSONB(), nullable=False),
-        sa.Column("reason", sa.String(50), nullable=False),
-        sa.Column("error", sa.Text(), nullable=False, server_default=""),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column(
-            "failed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        ),
-        sa.PrimaryKeyConstraint("id", name="pk_dead_letters"),
-        sa.UniqueConstraint("consumer", "event_id", name="uq_dead_letters_consumer_event_id"),
-        schema=SCHEMA,
-    )
+    create_consumer_tables(SCHEMA)
 
 
 def downgrade() -> None:
