@@ -20,7 +20,7 @@ if [ -z "$helm" ]; then
 fi
 
 render() {
-  # Default values, plus the three Secrets a GitOps user creates (docs/deploy.md):
+  # Default values, plus the four Secrets a GitOps user creates (docs/deploy.md):
   # nothing secret is rendered into the file, and it is the same on every run.
   cat <<'HEADER'
 # SmartTasks for GitOps: charts/smarttasks rendered with its default values, release
@@ -28,9 +28,10 @@ render() {
 # not edit (change the chart, then run the script).
 #
 # Before applying, create in namespace "smarttasks" the Secrets it reads:
-#   smarttasks-database  key database-url     postgresql+psycopg://user:password@host:5432/db
-#   smarttasks-amqp      key amqp-url         amqps://user:password@host:5671/vhost
-#   smarttasks-jwt       key signing-key.pem  EC P-256 private key (PEM)
+#   smarttasks-database       key database-url     postgresql+psycopg://user:password@host:5432/db
+#   smarttasks-amqp           key amqp-url         amqps://user:password@host:5671/vhost
+#   smarttasks-jwt            key signing-key.pem  EC P-256 private key (PEM)
+#   smarttasks-service-token  key service-token    32+ random characters (`openssl rand -hex 32`)
 # The CRDs come first; the migration Job carries Helm hook annotations, which Argo CD
 # runs as a PreSync hook. Sample rules: manifests/samples/.
 HEADER
@@ -40,7 +41,8 @@ HEADER
     --skip-tests \
     --set database.existingSecret=smarttasks-database \
     --set amqp.existingSecret=smarttasks-amqp \
-    --set jwt.signingKey.existingSecret=smarttasks-jwt
+    --set jwt.signingKey.existingSecret=smarttasks-jwt \
+    --set serviceToken.existingSecret=smarttasks-service-token
 }
 
 if [ "${1:-}" = "--stdout" ]; then

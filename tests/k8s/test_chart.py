@@ -234,6 +234,8 @@ def test_lint_strict_is_clean_with_ci_values(values_file: Path) -> None:
         ({"notifications.secretSource": "vault"}, "/notifications/secretSource"),
         ({"tasks.podDisruptionBudget.minAvailable": "half"}, "/tasks/podDisruptionBudget"),
         ({"relay.outboxes[0]": "outbox"}, "/relay/outboxes/0"),
+        ({"serviceToken.existingSecretKey": "the token"}, "/serviceToken/existingSecretKey"),
+        ({"serviceToken.token": "x" * 40}, "additional properties 'token' not allowed"),
     ],
 )
 def test_schema_refuses_bad_values(values: dict[str, Any], complaint: str) -> None:
@@ -256,6 +258,10 @@ def test_schema_refuses_bad_values(values: dict[str, Any], complaint: str) -> No
         (
             {**MINIMAL, "jwt.signingKey.generate": False},
             "jwt.signingKey: set existingSecret (or pem), or generate: true",
+        ),
+        (
+            {**MINIMAL, "serviceToken.generate": False},
+            "serviceToken: set existingSecret, or generate: true",
         ),
         (
             {**MINIMAL, "operator.peering.create": False},
@@ -285,7 +291,13 @@ def test_missing_or_contradictory_values_fail_with_a_clear_message(
 
 
 def test_render_with_existing_secrets_holds_no_secret_material() -> None:
-    objects = render({**MINIMAL, "jwt.signingKey.existingSecret": "smarttasks-jwt"})
+    objects = render(
+        {
+            **MINIMAL,
+            "jwt.signingKey.existingSecret": "smarttasks-jwt",
+            "serviceToken.existingSecret": "smarttasks-service-token",
+        }
+    )
 
     assert of_kind(objects, "Secret") == {}
     text = yaml.safe_dump_all(objects)
@@ -335,6 +347,97 @@ def test_users_reads_the_signing_key_from_a_mounted_file() -> None:
     assert env["SMARTTASKS_SIGNING_KEY_FILE"] == "/etc/smarttasks/jwt/signing-key.pem"
     assert volume["secret"]["secretName"] == "jwt"
     assert volume["secret"]["items"] == [{"key": "es256.pem", "path": "signing-key.pem"}]
+
+
+# Where each side of the service token reads it: component -> its `*_FILE` setting.
+SERVICE_TOKEN_FILES = {
+    "users": "SMARTTASKS_SERVICE_TOKEN_FILE",
+    "notifications": "SMARTTASKS_USERS_API_TOKEN_FILE",
+}
+
+
+def _secret_behind(pod: Mapping[str, Any], path: str) -> tuple[str, str]:
+    """The Secret and key the kubelet puts at ``path`` in the pod's first container."""
+    for mount in pod["containers"][0]["volumeMounts"]:
+        folder = mount["mountPath"].rstrip("/") + "/"
+        if path.startswith(folder):
+            volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+            item = next(i for i in volume["secret"]["items"] if i["path"] == path[len(folder) :])
+            return volume["secret"]["secretName"], item["key"]
+    raise AssertionError(f"nothing is mounted at {path}")
+
+
+def _service_token_sources(objects: Iterable[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """Component -> the (Secret, key) its service token file comes from."""
+    deployments = {component_of(d): d for d in of_kind(objects, "Deployment").values()}
+    sources = {}
+    for component, variable in SERVICE_TOKEN_FILES.items():
+        env = _env(deployments[component])
+        sources[component] = _secret_behind(
+            deployments[component]["spec"]["template"]["spec"], env[variable]
+        )
+    return sources
+
+
+def test_generated_service_token_is_kept_fresh_and_long_enough() -> None:
+    def generated() -> str:
+        secret = of_kind(render(), "Secret")["st-smarttasks-service-token"]
+        assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        return base64.b64decode(secret["data"]["service-token"]).decode()
+
+    first, second = generated(), generated()
+
+    assert first != second  # generated per install, never a default
+    assert len(first) == 48 and first.isalnum()
+
+
+async def test_users_and_notifications_share_the_service_token_through_mounted_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from smarttasks.notifications.directory import FileToken
+    from smarttasks.notifications.settings import NotificationsSettings
+    from smarttasks.users.settings import UsersSettings
+
+    objects = render()
+    secrets = {
+        name: {key: base64.b64decode(value).decode() for key, value in s["data"].items()}
+        for name, s in of_kind(objects, "Secret").items()
+    }
+    deployments = {component_of(d): d for d in of_kind(objects, "Deployment").values()}
+    sources = _service_token_sources(objects)
+    # What each process makes of the setting the chart gives it, with the Secret's key
+    # written where the kubelet would mount it (under tmp_path).
+    monkeypatch.setenv("SMARTTASKS_ENVIRONMENT", "test")
+    for component, variable in SERVICE_TOKEN_FILES.items():
+        name, key = sources[component]
+        file = tmp_path / component / _env(deployments[component])[variable].lstrip("/")
+        file.parent.mkdir(parents=True)
+        file.write_text(secrets[name][key])
+        monkeypatch.setenv(variable, str(file))
+
+    accepted = UsersSettings().read_service_token()
+    presented = await FileToken(Path(NotificationsSettings().users_api_token_file))()
+
+    assert set(sources.values()) == {("st-smarttasks-service-token", "service-token")}
+    assert accepted == presented == secrets["st-smarttasks-service-token"]["service-token"]
+
+
+def test_service_token_from_an_existing_secret_reaches_only_users_and_notifications() -> None:
+    token = {"serviceToken.existingSecret": "svc", "serviceToken.existingSecretKey": "bearer"}
+    objects = render({**MINIMAL, **token})
+    mounting = {
+        component_of(d)
+        for d in of_kind(objects, "Deployment").values()
+        for v in d["spec"]["template"]["spec"]["volumes"]
+        if v.get("secret", {}).get("secretName") == "svc"
+    }
+
+    assert _service_token_sources(objects) == {
+        "users": ("svc", "bearer"),
+        "notifications": ("svc", "bearer"),
+    }
+    assert mounting == set(SERVICE_TOKEN_FILES)
+    assert "st-smarttasks-service-token" not in of_kind(objects, "Secret")
 
 
 # --- pods -------------------------------------------------------------------------------
@@ -748,3 +851,7 @@ def test_manifests_are_the_chart_rendered_with_default_values() -> None:
     assert committed == fresh, "manifests/smarttasks.yaml is stale: run scripts/render-manifests.sh"
     assert of_kind(committed, "Secret") == {}
     assert {component_of(d) for d in of_kind(committed, "Deployment").values()} == set(COMPONENTS)
+    # The Secret the header tells GitOps users to create is the one the pods read.
+    assert set(_service_token_sources(committed).values()) == {
+        ("smarttasks-service-token", "service-token")
+    }

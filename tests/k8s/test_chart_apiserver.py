@@ -206,6 +206,22 @@ def test_generated_signing_key_is_stored_in_a_kept_secret(
     TokenSigner(pem, issuer="smarttasks", audience="smarttasks-api", ttl_seconds=60)
 
 
+def test_generated_service_token_is_stored_in_a_kept_secret(
+    cluster: ControlPlane, release: str
+) -> None:
+    from smarttasks.users.settings import UsersSettings
+
+    secret = json.loads(
+        cluster.kubectl(
+            "get", "secret", "st-smarttasks-service-token", "-n", NAMESPACE, "-o", "json"
+        ).stdout
+    )
+    token = base64.b64decode(secret["data"]["service-token"]).decode()
+
+    assert secret["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert UsersSettings(service_token=token).read_service_token() == token
+
+
 # --- server-side dry runs -----------------------------------------------------------------
 
 
@@ -427,14 +443,20 @@ def test_components_that_do_not_call_the_api_may_do_nothing(
 # --- upgrade and uninstall ----------------------------------------------------------------
 
 
-def test_upgrade_keeps_the_signing_key_and_uninstall_keeps_crd_and_key() -> None:
+def test_upgrade_keeps_the_generated_secrets_and_uninstall_keeps_crd_and_secrets() -> None:
     """A whole lifecycle, on an API server of its own (it uninstalls the release)."""
     with run_controlplane(_start()) as cp:
         _namespaces(cp, "life")
 
-        def signing_key() -> str:
-            out = cp.kubectl("get", "secret", "life-smarttasks-jwt", "-n", "life", "-o", "json")
-            return str(json.loads(out.stdout)["data"]["signing-key.pem"])
+        def generated() -> tuple[str, str]:
+            def data(name: str, key: str) -> str:
+                out = cp.kubectl("get", "secret", name, "-n", "life", "-o", "json")
+                return str(json.loads(out.stdout)["data"][key])
+
+            return (
+                data("life-smarttasks-jwt", "signing-key.pem"),
+                data("life-smarttasks-service-token", "service-token"),
+            )
 
         def users_env() -> dict[str, str]:
             out = cp.kubectl("get", "deployment", "life-smarttasks-users", "-n", "life",
@@ -444,19 +466,19 @@ def test_upgrade_keeps_the_signing_key_and_uninstall_keeps_crd_and_key() -> None
 
         install = ["--namespace", "life", "--no-hooks", *set_args(MINIMAL)]
         cp.helm("install", "life", str(CHART), *install)
-        first = signing_key()
+        first = generated()
 
         cp.helm("upgrade", "life", str(CHART), *install, "--set", "logging.level=DEBUG")
 
         assert users_env()["SMARTTASKS_LOG_LEVEL"] == "DEBUG"
-        assert signing_key() == first  # read back with `lookup`, not generated again
+        assert generated() == first  # read back with `lookup`, not generated again
 
         cp.helm("uninstall", "life", "--namespace", "life", "--wait")
 
         assert _get(cp, "deployments", "-n", "life") == []
         cp.kubectl("get", "crd", RULES)  # crds.keep: the rules outlive the release
-        assert signing_key() == first
+        assert generated() == first
 
         cp.helm("install", "life", str(CHART), *install)  # adopts what was kept
 
-        assert signing_key() == first
+        assert generated() == first

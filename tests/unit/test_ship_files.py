@@ -188,6 +188,24 @@ def test_compose_services_have_health_checks_and_named_volumes() -> None:
     assert used == declared
 
 
+def _interpolated(value: str) -> str:
+    """A compose value as `docker compose` fills it in with no variables set."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", value)
+
+
+def test_compose_users_and_notifications_share_an_overridable_service_token() -> None:
+    from smarttasks.users.settings import UsersSettings
+
+    services = _compose()["services"]
+    accepted = services["users"]["environment"]["SMARTTASKS_SERVICE_TOKEN"]
+    presented = services["notifications"]["environment"]["SMARTTASKS_USERS_API_TOKEN"]
+
+    assert accepted == presented
+    assert accepted.startswith("${SMARTTASKS_SERVICE_TOKEN:-")  # set it in .env
+    token = _interpolated(accepted)
+    assert UsersSettings(service_token=token).read_service_token() == token
+
+
 def test_compose_components_run_unprivileged() -> None:
     for name, spec in _compose()["services"].items():
         if spec.get("command", [None])[0] != "run":

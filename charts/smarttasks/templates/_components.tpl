@@ -9,6 +9,8 @@ PodDisruptionBudget. The `<component>-<kind>.yaml` templates call these.
 {{ include "smarttasks.databaseEnv" .root }}
 - name: SMARTTASKS_SIGNING_KEY_FILE
   value: /etc/smarttasks/jwt/signing-key.pem
+- name: SMARTTASKS_SERVICE_TOKEN_FILE
+  value: {{ include "smarttasks.serviceTokenPath" .root | quote }}
 {{- $redis := .root.Values.redis }}
 {{- if or $redis.url $redis.existingSecret }}
 {{ include "smarttasks.secretEnv" (dict "env" "SMARTTASKS_REDIS_URL" "secret" (ternary $redis.existingSecret (include "smarttasks.prefixed" (dict "root" .root "suffix" "redis")) (not (empty $redis.existingSecret))) "key" (ternary $redis.existingSecretKey "redis-url" (not (empty $redis.existingSecret)))) }}
@@ -54,6 +56,8 @@ PodDisruptionBudget. The `<component>-<kind>.yaml` templates call these.
   value: {{ $n.webhookAllowPrivate | quote }}
 - name: SMARTTASKS_USERS_API_URL
   value: {{ include "smarttasks.serviceUrl" (dict "root" .root "name" "users" "key" "users") | quote }}
+- name: SMARTTASKS_USERS_API_TOKEN_FILE
+  value: {{ include "smarttasks.serviceTokenPath" .root | quote }}
 {{- end }}
 
 {{- define "smarttasks.env.operator" -}}
@@ -90,13 +94,14 @@ PodDisruptionBudget. The `<component>-<kind>.yaml` templates call these.
 {{/* A hash of the secret values in values.yaml, so that pods restart when they change. */}}
 {{- define "smarttasks.configChecksum" -}}
 {{- $v := .Values }}
-{{- list $v.database $v.amqp $v.redis $v.smtp $v.jwt.signingKey.existingSecret $v.jwt.signingKey.pem | toJson | sha256sum }}
+{{- list $v.database $v.amqp $v.redis $v.smtp $v.jwt.signingKey.existingSecret $v.jwt.signingKey.pem $v.serviceToken.existingSecret | toJson | sha256sum }}
 {{- end }}
 
 {{- define "smarttasks.deployment" -}}
 {{- $root := .root }}
 {{- $c := index $root.Values .key }}
 {{- $http := has .name (list "users" "tasks" "rules-api" "notifications") }}
+{{- $serviceToken := has .name (list "users" "notifications") }}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -203,6 +208,9 @@ spec:
               mountPath: /etc/smarttasks/jwt
               readOnly: true
             {{- end }}
+            {{- if $serviceToken }}
+            {{- include "smarttasks.serviceTokenMount" $root | nindent 12 }}
+            {{- end }}
       volumes:
         {{- include "smarttasks.tmpVolume" $root | nindent 8 }}
         {{- if eq .name "users" }}
@@ -213,6 +221,9 @@ spec:
             items:
               - key: {{ include "smarttasks.jwtSecretKey" $root }}
                 path: signing-key.pem
+        {{- end }}
+        {{- if $serviceToken }}
+        {{- include "smarttasks.serviceTokenVolume" $root | nindent 8 }}
         {{- end }}
       {{- with $c.nodeSelector }}
       nodeSelector:

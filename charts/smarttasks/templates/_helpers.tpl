@@ -144,6 +144,46 @@ the render with a message saying what to set.
 {{- if .Values.jwt.signingKey.existingSecret }}{{ .Values.jwt.signingKey.existingSecretKey }}{{ else }}signing-key.pem{{ end }}
 {{- end }}
 
+{{- define "smarttasks.serviceTokenSecretName" -}}
+{{- $token := .Values.serviceToken }}
+{{- if $token.existingSecret }}
+{{- $token.existingSecret }}
+{{- else if $token.generate }}
+{{- include "smarttasks.prefixed" (dict "root" . "suffix" "service-token") }}
+{{- else }}
+{{- fail "serviceToken: set existingSecret, or generate: true; the notifications service needs the token the users service accepts to look up owner and assignee addresses" }}
+{{- end }}
+{{- end }}
+
+{{- define "smarttasks.serviceTokenSecretKey" -}}
+{{- if .Values.serviceToken.existingSecret }}{{ .Values.serviceToken.existingSecretKey }}{{ else }}service-token{{ end }}
+{{- end }}
+
+{{/*
+The service token as a file: the volume and its mount, for users (which accepts it) and
+notifications (which presents it). A mounted Secret is updated in place when the Secret
+changes (an env value would need a restart), so notifications follows a rotation.
+*/}}
+{{- define "smarttasks.serviceTokenPath" -}}
+/etc/smarttasks/service-token/service-token
+{{- end }}
+
+{{- define "smarttasks.serviceTokenVolume" -}}
+- name: service-token
+  secret:
+    secretName: {{ include "smarttasks.serviceTokenSecretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ include "smarttasks.serviceTokenSecretKey" . }}
+        path: service-token
+{{- end }}
+
+{{- define "smarttasks.serviceTokenMount" -}}
+- name: service-token
+  mountPath: /etc/smarttasks/service-token
+  readOnly: true
+{{- end }}
+
 {{/* An env entry reading one key of a Secret; pass {"env", "secret", "key"}. */}}
 {{- define "smarttasks.secretEnv" -}}
 - name: {{ .env }}
