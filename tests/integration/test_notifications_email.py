@@ -10,6 +10,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from smarttasks.automation.engine.messages import resolve
 from smarttasks.notifications.directory import Contact, HttpUserDirectory, static_token
 from tests.fixtures.api import UserFactory
 from tests.fixtures.smtp import (
@@ -288,6 +289,59 @@ async def test_recipients_resolved_through_the_users_api_and_their_preference_ho
     [received] = await smtp_server.sink.wait_for(1)
     assert received.rcpt_tos == [assignee.email]
     assert received.message["To"].addresses[0].display_name == "Ana Núñez"
+
+
+async def test_engine_user_recipients_are_looked_up_and_delivered(
+    harness: Harness,
+    smtp_server: SmtpServer,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    make_user: UserFactory,
+) -> None:
+    service_account = await make_user(admin=True, name="notifications-service")
+    owner = await make_user(name="owner")
+    assignee = await make_user(name="assignee")
+    muted = await client.patch(
+        "/api/v1/users/me", headers=assignee.headers, json={"email_notifications": False}
+    )
+    assert muted.status_code == 200, muted.text
+    task = snapshot(owner_id=owner.id, assignee_id=assignee.id)
+    # Exactly what the automation engine puts in `notification.requested`.
+    recipients = resolve(["owner", "assignee", "ops@example.com"], task)
+    assert recipients[:2] == [f"user:{owner.id}", f"user:{assignee.id}"]
+    request = notification(task=task, recipients=recipients)
+    directory = HttpUserDirectory(
+        base_url="http://testserver",
+        token=static_token(service_account.access_token),
+        transport=httpx.ASGITransport(app=app),
+    )
+    settings = harness.settings(smtp_host=smtp_server.host, smtp_port=smtp_server.port)
+    try:
+        async with harness.workers(settings, directory=directory):
+            ids = await harness.submit(request)
+            final = {"sent", "skipped", "failed", "dead"}
+            for delivery_id in ids:
+                await harness.watcher.until(delivery_id, final)
+    finally:
+        await directory.aclose()
+    deliveries = {d.recipient: d for d in [await harness.delivery(i) for i in ids]}
+    assert set(deliveries) == {f"user:{owner.id}", f"user:{assignee.id}", "email:ops@example.com"}
+    sent_to_owner = deliveries[f"user:{owner.id}"]
+    assert sent_to_owner.status == "sent" and sent_to_owner.recipient_user_id == owner.id
+    assert sent_to_owner.address == owner.email
+    skipped = deliveries[f"user:{assignee.id}"]
+    assert skipped.status == "skipped"
+    assert skipped.detail == "the recipient turned email notifications off"
+    assert deliveries["email:ops@example.com"].status == "sent"
+    received = await smtp_server.sink.wait_for(2)
+    assert sorted(r.rcpt_tos[0] for r in received) == sorted([owner.email, "ops@example.com"])
+    to_owner = next(r for r in received if r.rcpt_tos == [owner.email])
+    assert to_owner.message["To"].addresses[0].addr_spec == owner.email
+    assert to_owner.message["Message-ID"] == f"<{request.id}@smarttasks.local>"
+    # The owner sees the delivery as theirs in the delivery log.
+    mine = await client.get("/api/v1/notifications", headers=owner.headers)
+    assert mine.status_code == 200, mine.text
+    assert [item["id"] for item in mine.json()["items"]] == [str(sent_to_owner.id)]
 
 
 async def test_request_with_nul_characters_is_refused_for_dead_lettering(

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import uuid
 from typing import Any
 
+import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from smarttasks.core.events import NotificationRequested
-from smarttasks.notifications.secretrefs import SecretRef
+from smarttasks.notifications.channels import OutboundMessage, Outcome
+from smarttasks.notifications.channels.webhook import WebhookChannel
+from smarttasks.notifications.secretrefs import SecretRef, StaticSecretResolver
 from tests.fixtures.smtp import Harness, notification, snapshot
 from tests.fixtures.webhook import HANG, WebhookReceiver
 
@@ -194,3 +199,67 @@ async def test_unsendable_requests_are_recorded_as_failed_at_once(harness: Harne
         delivery = await harness.delivery(delivery_id)
         assert delivery.status == "failed" and reason in (delivery.last_error or "")
         assert delivery.attempts == 0
+
+
+class CountingReceiver:
+    """A bare HTTP/1.1 server that counts connections and answers with `answer_bytes` of body
+    (and a cookie, which must never come back)."""
+
+    def __init__(self, answer_bytes: int) -> None:
+        self.answer_bytes = answer_bytes
+        self.connections = 0
+        self.requests = 0
+        self.cookies_returned = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                self.requests += 1
+                self.cookies_returned += b"\r\ncookie:" in head.lower()
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nset-cookie: session=planted; Path=/\r\n"
+                    b"content-length: %d\r\n\r\n" % self.answer_bytes + b"x" * self.answer_bytes
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> CountingReceiver:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+
+@pytest.mark.parametrize(("answer_bytes", "reused"), [(0, True), (1000, True), (200_000, False)])
+async def test_connections_are_kept_open_unless_the_answer_is_long(
+    answer_bytes: int, reused: bool
+) -> None:
+    async with CountingReceiver(answer_bytes) as receiver, httpx.AsyncHTTPTransport() as transport:
+        channel = WebhookChannel(
+            transport=transport, secrets=StaticSecretResolver(), allow_private=True
+        )
+        url = f"http://127.0.0.1:{receiver.port}/hook"
+        for _ in range(5):
+            result = await channel.send(
+                OutboundMessage(uuid.uuid4(), uuid.uuid4(), url=url, payload={"n": 1})
+            )
+            assert result.outcome is Outcome.SENT, result.detail
+    assert receiver.requests == 5 and receiver.cookies_returned == 0
+    # A long answer is not read to its end: its connection is dropped, not reused.
+    assert receiver.connections == (1 if reused else 5)

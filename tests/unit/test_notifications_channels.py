@@ -7,6 +7,7 @@ import base64
 import ipaddress
 import uuid
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
 from pathlib import Path
 
 import httpx
@@ -14,14 +15,14 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from smarttasks.notifications.channels import OutboundMessage, Outcome
-from smarttasks.notifications.channels.email import (
+from smarttasks.notifications.channels.email import SmtpChannel
+from smarttasks.notifications.channels.eml import EmlFileChannel
+from smarttasks.notifications.channels.mime import (
     InvalidEmail,
-    SmtpChannel,
     compose,
     parse_address,
     parse_mailbox,
 )
-from smarttasks.notifications.channels.eml import EmlFileChannel
 from smarttasks.notifications.channels.targets import (
     TargetRefused,
     is_public,
@@ -75,17 +76,22 @@ def test_malformed_secrets_are_refused(secret: str) -> None:
 
 
 def test_compose_encodes_non_ascii_and_derives_message_id() -> None:
-    email = compose(
+    composed = compose(
         message(subject="Größe\r\nX-Evil: 1", to_name="Zoë\nBcc: x@y.z"),
         sender=SENDER,
         message_id_domain="example.org",
     )
-    raw = email.as_bytes()
-    headers = raw.split(b"\n\n", 1)[0]
+    headers = composed.data.split(b"\r\n\r\n", 1)[0]
     assert headers.isascii()
+    email = message_from_bytes(composed.data, policy=policy.default)
     assert email["Message-ID"] == "<00000000-0000-4000-8000-000000000001@example.org>"
     assert email["X-Evil"] is None and email["Bcc"] is None
+    assert email["Subject"] == "Größe X-Evil: 1"
     assert email["To"].addresses[0].display_name == "Zoë Bcc: x@y.z"
+    assert (composed.sender, composed.recipient) == (
+        "notifications@smarttasks.local",
+        "ada@example.com",
+    )
 
 
 @pytest.mark.parametrize(
@@ -160,9 +166,9 @@ async def test_webhook_channel_statuses_and_malformed_input() -> None:
         return httpx.Response(status, headers=headers)
 
     secrets = StaticSecretResolver({"team-a/hook/key": SECRET})
-    async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as client:
+    async with httpx.MockTransport(reply) as transport:
         channel = WebhookChannel(
-            client=client, secrets=secrets, allow_private=True, clock=lambda: 1e9
+            transport=transport, secrets=secrets, allow_private=True, clock=lambda: 1e9
         )
         ref = SecretRef("team-a", "hook", "key")
         good = message(url="http://127.0.0.1:8080/hook", secret_ref=ref, payload={"a": "ü"})
@@ -216,9 +222,10 @@ async def test_requests_to_one_host_are_limited_and_signed_when_sent() -> None:
         active -= 1
         return httpx.Response(204)
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(reply)) as client:
-        channel = WebhookChannel(client=client, secrets=StaticSecretResolver(), allow_private=True,
-                                 per_host=3, clock=lambda: float(next(clock)))  # fmt: skip
+    async with httpx.MockTransport(reply) as transport:
+        channel = WebhookChannel(transport=transport, secrets=StaticSecretResolver(),
+                                 allow_private=True, per_host=3,
+                                 clock=lambda: float(next(clock)))  # fmt: skip
         sends = [
             asyncio.create_task(channel.send(message(url="http://127.0.0.1:9/h")))
             for _ in range(10)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
+from smarttasks.automation.engine.messages import resolve
 from smarttasks.core.events import NotificationRequested, RuleRef, TaskSnapshot
 from smarttasks.notifications.consumers import InvalidNotificationRequest, encode, parse_request
 from smarttasks.notifications.directory import (
@@ -62,6 +63,45 @@ def test_owner_who_is_also_assignee_gets_one_delivery() -> None:
     assert [p.recipient for p in plan] == [f"user:{OWNER}"]
 
 
+def test_user_recipients_become_user_deliveries_whatever_their_spelling() -> None:
+    plan = plan_deliveries(
+        request(
+            recipients=[
+                f"user:{OWNER}",
+                f"User:{str(ASSIGNEE).upper()}",
+                "owner",
+                f" user:{ASSIGNEE} ",
+            ]
+        )  # fmt: skip
+    )
+    assert [(p.recipient, p.user_id, p.address, p.error) for p in plan] == [
+        (f"user:{OWNER}", OWNER, None, None),
+        (f"user:{ASSIGNEE}", ASSIGNEE, None, None),
+    ]
+
+
+def test_every_recipient_form_the_engine_emits_is_planned() -> None:
+    snapshot = task()
+    digest_of = task(owner_id=uuid.uuid4(), assignee_id=None)
+    single = resolve(["assignee", "owner", "ops@example.com"], snapshot)
+    digest = resolve(["owner"], digest_of)
+    assert single == [f"user:{ASSIGNEE}", f"user:{OWNER}", "ops@example.com"]
+    plan = plan_deliveries(request(task=snapshot, recipients=single))
+    assert [(p.user_id, p.address, p.error) for p in plan] == [
+        (ASSIGNEE, None, None),
+        (OWNER, None, None),
+        (None, "ops@example.com", None),
+    ]
+    # The same deliveries as for the roles themselves, so a message sent either way (or
+    # sent again after an upgrade) records one delivery per person.
+    roles = plan_deliveries(
+        request(task=snapshot, recipients=["assignee", "owner", "ops@example.com"])
+    )
+    assert [p.recipient for p in plan] == [p.recipient for p in roles]
+    [user] = plan_deliveries(request(task=None, tasks=[digest_of], recipients=digest))
+    assert user.user_id == digest_of.owner_id and user.error is None
+
+
 def test_digest_resolves_roles_across_its_tasks() -> None:
     other = uuid.uuid4()
     digest = request(task=None, tasks=[task(), task(owner_id=other, assignee_id=None)],
@@ -77,11 +117,16 @@ def test_digest_resolves_roles_across_its_tasks() -> None:
         ({"channel": "sms", "recipients": ["owner"]}, "unknown channel 'sms'"),
         ({"channel": "webhook", "url": None}, "without a URL"),
         ({"recipients": ["x" * 400 + "@example.com"]}, "too long"),
+        ({"recipients": ["user:ada"]}, "'user:ada' is not a user id"),
+        ({"recipients": ["user:"]}, "is not a user id"),
+        ({"recipients": ["user:" + "1" * 500]}, "is not a user id"),
+        ({"channel": "sms", "recipients": [f"user:{OWNER}"]}, "unknown channel 'sms'"),
     ],
 )
 def test_unsendable_requests_plan_a_visible_failure(fields: dict[str, object], reason: str) -> None:
     [planned] = plan_deliveries(request(**fields))
     assert planned.error is not None and reason in planned.error
+    assert len(planned.recipient) <= 400  # the column's size
 
 
 def test_messages_parse_from_every_form_and_malformed_ones_are_refused() -> None:

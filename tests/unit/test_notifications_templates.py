@@ -25,7 +25,13 @@ def test_subject_is_one_line_and_bodies_are_text_and_escaped_html() -> None:
     )
     assert out.subject == "Overdue: Fix <b>prod</b> & co Bcc: x@example.com"
     assert out.text == "Hi Ada,\nFix <b>prod</b> & co"
+    assert out.html is not None
     assert "Fix &lt;b&gt;prod&lt;/b&gt; &amp; co" in out.html and "<b>prod" not in out.html
+
+
+def test_html_is_left_out_when_not_asked_for() -> None:
+    out = Renderer().render(subject="s", body="{{ task.title }}", context=CONTEXT, html=False)
+    assert (out.subject, out.text, out.html) == ("s", "Fix <b>prod</b> & co", None)
 
 
 def test_defaults_are_used_when_the_rule_gives_none() -> None:

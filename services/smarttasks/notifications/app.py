@@ -78,7 +78,7 @@ async def delivery_workers(
     sessions: async_sessionmaker[AsyncSession],
     directory: UserDirectory,
     secrets: SecretResolver | None = None,
-    http_client: httpx.AsyncClient | None = None,
+    http_transport: httpx.AsyncBaseTransport | None = None,
     listen: bool = True,
     observer: BatchObserver | None = None,
 ) -> AsyncIterator[WorkerPool]:
@@ -87,7 +87,7 @@ async def delivery_workers(
     Use it in a lifespan; embedded mode passes an in-process directory and static secrets.
     """
     channels = await build_channels(
-        settings, secrets=secrets or build_secrets(settings), http_client=http_client
+        settings, secrets=secrets or build_secrets(settings), http_transport=http_transport
     )
     dispatcher = Dispatcher(channels=channels, directory=directory, renderer=Renderer())
     policy = RetryPolicy.from_settings(settings)

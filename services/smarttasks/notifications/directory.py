@@ -1,7 +1,9 @@
 """Who a user id is: address, name and email preference, from the users service's API.
 
 The notification service never reads the users tables; it asks `GET /api/v1/users/{id}`
-with a service credential (an access token with the admin role), and caches the answer.
+with a service credential, and caches the answer. The credential is the users service's
+service token (`SMARTTASKS_SERVICE_TOKEN` there, the same Secret mounted in both services
+in a cluster); an administrator's access token is accepted too.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from smarttasks.notifications.channels import (
     UnknownChannel,
 )
 from smarttasks.notifications.directory import DirectoryUnavailable, UserDirectory
-from smarttasks.notifications.models import Delivery
+from smarttasks.notifications.repository import Claimed
 from smarttasks.notifications.secretrefs import SecretRef
 from smarttasks.notifications.templates import Renderer, TemplateError
 
@@ -47,10 +47,10 @@ class Dispatcher:
         self.directory = directory
         self.renderer = renderer or Renderer()
 
-    async def attempt(self, delivery: Delivery) -> Attempted:
+    async def attempt(self, delivery: Claimed) -> Attempted:
         address = delivery.address
         try:
-            request = NotificationRequested.model_validate(delivery.request)
+            request = NotificationRequested.model_validate_json(delivery.request)
         except ValidationError as exc:
             return Attempted(Result.permanent(f"stored request is invalid: {exc}"), address)
         try:
@@ -79,7 +79,10 @@ class Dispatcher:
         context = _context(request, address=address, name=name, user_id=delivery.recipient_user_id)
         try:
             rendered = self.renderer.render(
-                subject=request.subject, body=request.body, context=context
+                subject=request.subject,
+                body=request.body,
+                context=context,
+                html=delivery.channel == EMAIL,
             )
         except TemplateError as exc:
             return Attempted(Result.permanent(str(exc)), address)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, text, true, update
+from sqlalchemy import ColumnElement, Text, and_, cast, func, or_, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -59,6 +60,34 @@ _RECORD_ATTEMPTS = text(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A delivery a worker has leased: what sending it and recording the outcome need."""
+
+    id: uuid.UUID
+    notification_id: uuid.UUID
+    recipient_user_id: uuid.UUID | None
+    address: str | None
+    channel: str
+    attempts: int
+    attempts_offset: int
+    created_at: datetime
+    request: str  # the `notification.requested` message as JSON
+
+
+_CLAIMED_COLUMNS = (
+    Delivery.id,
+    Delivery.notification_id,
+    Delivery.recipient_user_id,
+    Delivery.address,
+    Delivery.channel,
+    Delivery.attempts,
+    Delivery.attempts_offset,
+    Delivery.created_at,
+    cast(Delivery.request, Text),
+)
+
+
 def _columns(
     rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]
 ) -> dict[str, list[Any]]:
@@ -93,11 +122,12 @@ class DeliveryRepository:
         """NOTIFY delivery workers; PostgreSQL delivers it when (and only if) we commit."""
         await self.session.execute(select(func.pg_notify(WAKE_CHANNEL, "")))
 
-    async def claim_due(self, *, limit: int, lease: timedelta) -> Sequence[Delivery]:
+    async def claim_due(self, *, limit: int, lease: timedelta) -> list[Claimed]:
         """Take up to `limit` due deliveries for this worker, skipping rows others hold.
 
         Claimed rows become `sending` with a lease: if this worker dies, they are due again
-        when the lease ends. Each claim counts as an attempt.
+        when the lease ends. Each claim counts as an attempt. Only what sending needs comes
+        back, the request as JSON text (parsed once, by its model).
         """
         due = (
             select(Delivery.id)
@@ -115,10 +145,10 @@ class DeliveryRepository:
                 next_attempt_at=func.now() + lease,
                 updated_at=func.now(),
             )
-            .returning(Delivery)
+            .returning(*_CLAIMED_COLUMNS)
             .execution_options(synchronize_session=False)
         )
-        return (await self.session.scalars(stmt)).all()
+        return [Claimed(*row) for row in await self.session.execute(stmt)]
 
     async def next_due_at(self) -> datetime | None:
         query = select(func.min(Delivery.next_attempt_at)).where(

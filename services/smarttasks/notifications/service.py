@@ -24,6 +24,8 @@ log = structlog.get_logger()
 
 ROLE_OWNER = "owner"
 ROLE_ASSIGNEE = "assignee"
+USER_PREFIX = "user:"
+"""`user:<id>`: a user whose address the users service knows (the engine's form of a role)."""
 MAX_RECIPIENT_LENGTH = 320
 
 
@@ -38,8 +40,12 @@ class Planned:
 
 
 def plan_deliveries(request: NotificationRequested) -> list[Planned]:
-    """One delivery per distinct recipient: `owner`/`assignee` become user ids from the
-    task snapshot (all tasks of a digest), anything else is a literal address.
+    """One delivery per distinct recipient.
+
+    Recipients take three forms: `user:<id>` (what the automation engine sends for a
+    task's owner or assignee), the roles `owner`/`assignee` themselves (resolved here from
+    the task snapshot, all tasks of a digest), and literal email addresses. A user named
+    both ways gets one delivery; users' addresses are looked up when sending.
 
     A webhook is one delivery to its URL. What cannot be sent still gets a (failed)
     delivery, so the log shows why nothing arrived.
@@ -59,8 +65,12 @@ def plan_deliveries(request: NotificationRequested) -> list[Planned]:
             for task in snapshots:
                 user_id = task.owner_id if role == ROLE_OWNER else task.assignee_id
                 if user_id is not None:
-                    key = f"user:{user_id}"
+                    key = f"{USER_PREFIX}{user_id}"
                     planned.setdefault(key, Planned(recipient=key, user_id=user_id))
+            continue
+        if role.startswith(USER_PREFIX):
+            user = _user_recipient(entry.strip())
+            planned.setdefault(user.recipient, user)
             continue
         address = entry.strip()
         if len(address) > MAX_RECIPIENT_LENGTH:
@@ -78,6 +88,18 @@ def plan_deliveries(request: NotificationRequested) -> list[Planned]:
         error = f"unknown channel {request.channel[:20]!r}; known: {known}"
         return [replace(p, error=error) for p in planned.values()]
     return list(planned.values())
+
+
+def _user_recipient(entry: str) -> Planned:
+    """`user:<id>` as a user delivery, keyed by the canonical id (so the same user written
+    in upper or lower case is one delivery); a malformed id is a visible failure."""
+    value = entry[len(USER_PREFIX) :].strip()
+    try:
+        user_id = uuid.UUID(value)
+    except ValueError:
+        key = f"{USER_PREFIX}{value[:MAX_RECIPIENT_LENGTH]}"
+        return Planned(recipient=key, error=f"recipient {entry[:80]!r} is not a user id")
+    return Planned(recipient=f"{USER_PREFIX}{user_id}", user_id=user_id)
 
 
 async def record_request(session: AsyncSession, request: NotificationRequested) -> int:

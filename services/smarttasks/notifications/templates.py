@@ -41,7 +41,7 @@ class TemplateError(Exception):
 class Rendered:
     subject: str
     text: str
-    html: str
+    html: str | None  # None when not asked for
 
 
 def _environment(*, autoescape: bool) -> ImmutableSandboxedEnvironment:
@@ -114,14 +114,19 @@ class Renderer:
             raise TemplateError(f"{what} template failed: {type(exc).__name__}: {exc}") from None
         return "".join(out)
 
-    def render(self, *, subject: str, body: str, context: Mapping[str, Any]) -> Rendered:
-        """Subject on one line (line breaks would inject headers), text body, HTML body."""
+    def render(
+        self, *, subject: str, body: str, context: Mapping[str, Any], html: bool = True
+    ) -> Rendered:
+        """Subject on one line (line breaks would inject headers), text body, and the HTML
+        body unless `html` is false (a webhook carries no HTML)."""
         subject_src = subject or DEFAULT_SUBJECT
         body_src = body or DEFAULT_BODY
         rendered_subject = " ".join(
             self._render(subject_src, context, html=False, what="subject").split()
         )
         text = self._render(body_src, context, html=False, what="body")
+        if not html:
+            return Rendered(subject=rendered_subject, text=text, html=None)
         html_body = self._render(body_src, context, html=True, what="body")
         return Rendered(subject=rendered_subject, text=text, html=_html_document(html_body))
 

@@ -17,8 +17,8 @@ from smarttasks.core.db import unit_of_work
 from smarttasks.notifications import metrics
 from smarttasks.notifications.channels import Outcome, Result
 from smarttasks.notifications.dispatch import Attempted, Dispatcher
-from smarttasks.notifications.models import Delivery, DeliveryStatus
-from smarttasks.notifications.repository import DeliveryRepository
+from smarttasks.notifications.models import DeliveryStatus
+from smarttasks.notifications.repository import Claimed, DeliveryRepository
 from smarttasks.notifications.retries import RetryPolicy
 
 log = structlog.get_logger()
@@ -129,7 +129,7 @@ class DeliveryWorker:
 
     async def _finish(
         self,
-        claimed: Sequence[Delivery],
+        claimed: Sequence[Claimed],
         outcomes: Sequence[tuple[Attempted, datetime, float]],
     ) -> None:
         updates: list[dict[str, Any]] = []
@@ -143,7 +143,7 @@ class DeliveryWorker:
         if self._observer is not None:
             self._observer(updates)
 
-    async def _attempt(self, delivery: Delivery) -> tuple[Attempted, datetime, float]:
+    async def _attempt(self, delivery: Claimed) -> tuple[Attempted, datetime, float]:
         started = datetime.now(UTC)
         clock = time.perf_counter()
         async with self._slots:
@@ -162,7 +162,7 @@ class DeliveryWorker:
         return attempted, started, duration
 
     def _record(
-        self, delivery: Delivery, attempted: Attempted, started: datetime, duration: float
+        self, delivery: Claimed, attempted: Attempted, started: datetime, duration: float
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         result = attempted.result
         now = datetime.now(UTC)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from email.errors import MessageError
 from pathlib import Path
 
 from smarttasks.notifications.channels.base import OutboundMessage, Result
-from smarttasks.notifications.channels.email import compose, parse_mailbox
+from smarttasks.notifications.channels.mime import Composer, InvalidEmail, parse_mailbox
 
 
 class EmlFileChannel:
@@ -20,14 +19,12 @@ class EmlFileChannel:
 
     def __init__(self, folder: Path, *, sender: str, message_id_domain: str) -> None:
         self._folder = folder
-        self._sender = parse_mailbox(sender)
-        self._domain = message_id_domain
+        self._composer = Composer(sender=parse_mailbox(sender), message_id_domain=message_id_domain)
 
     async def send(self, message: OutboundMessage) -> Result:
         try:
-            email = compose(message, sender=self._sender, message_id_domain=self._domain)
-            data = email.as_bytes()
-        except (ValueError, MessageError) as exc:
+            data = self._composer.compose(message).data
+        except InvalidEmail as exc:
             return Result.permanent(f"cannot build the email: {exc}")
         path = self._folder / f"{message.delivery_id}.eml"
         try:

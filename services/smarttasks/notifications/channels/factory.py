@@ -53,7 +53,7 @@ async def build_channels(
     settings: NotificationsSettings,
     *,
     secrets: SecretResolver,
-    http_client: httpx.AsyncClient | None = None,
+    http_transport: httpx.AsyncBaseTransport | None = None,
 ) -> ChannelSet:
     """Email through SMTP when `smtp_host` is set, else to `.eml` files; webhooks over httpx."""
     stack = AsyncExitStack()
@@ -79,21 +79,18 @@ async def build_channels(
             sender=settings.mail_from,
             message_id_domain=settings.message_id_domain,
         )
-    if http_client is None:
+    if http_transport is None:
+        # A bare transport: no client means no proxy from the environment (which would
+        # bypass the target checks), no redirects and no cookies a receiver could plant.
         limits = httpx.Limits(
             max_connections=settings.webhook_max_connections,
             max_keepalive_connections=settings.webhook_max_connections,
         )
-        http_client = await stack.enter_async_context(
-            httpx.AsyncClient(
-                timeout=settings.webhook_timeout_seconds,
-                follow_redirects=False,
-                limits=limits,
-                trust_env=False,  # no proxy from the environment may bypass the target checks
-            )
+        http_transport = await stack.enter_async_context(
+            httpx.AsyncHTTPTransport(limits=limits, trust_env=False)
         )
     webhook = WebhookChannel(
-        client=http_client,
+        transport=http_transport,
         secrets=secrets,
         timeout=settings.webhook_timeout_seconds,
         allow_private=settings.webhook_allow_private,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -37,8 +38,12 @@ def is_public(address: IPAddress) -> bool:
     return address.is_global and not address.is_multicast
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_url(url: str) -> httpx.URL:
-    """An http(s) URL with a host and no credentials, or TargetRefused saying why not."""
+    """An http(s) URL with a host and no credentials, or TargetRefused saying why not.
+
+    Cached (only what parses): a rule sends to the same URL again and again.
+    """
     if len(url) > MAX_URL_LENGTH:
         raise TargetRefused(f"webhook URL longer than {MAX_URL_LENGTH} characters")
     if any(c.isspace() or not c.isprintable() for c in url):
