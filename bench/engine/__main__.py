@@ -11,18 +11,22 @@
 2. Matching throughput: task events (creations, updates, assignments, completions,
    deletions) against 1,000 compiled rules, through the engine's event path (index
    lookup, match incl. CEL, rendering); and the same through the whole handler with the
-   database (projection, schedule arming, firings, outbox), 8 messages in flight.
+   database (projection, schedule arming with the rules' schedule kinds, firings, outbox),
+   in 8 lanes as the consumer runner has them (one task's events in one lane, in order):
+   one event per transaction, then `--batch` per transaction with inbox rows, through the
+   runner's `apply_many` (`handle` per event) and through `handle_batch`.
 3. Memory: an engine process over 1,000,000 scheduled deadlines (the schedule lives in
    PostgreSQL); its peak RSS.
 
 Median of 3 runs; results go to bench/results/engine.json and the `## Engine` section of
-docs/benchmarks.md.
+docs/benchmarks.md (`--sections` measures a part and only prints it).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import re
@@ -31,6 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
+from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -43,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from bench.common import machine, median, write_result
 from bench.engine import workload
 from smarttasks.automation.engine import testing
-from smarttasks.automation.engine.consumer import TaskEventConsumer
+from smarttasks.automation.engine.consumer import TaskEventConsumer, task_event_consumer
 from smarttasks.automation.engine.firings import Recorded
 from smarttasks.automation.engine.messages import build_requests
 from smarttasks.automation.engine.runner import AutomationEngine, EngineSettings
@@ -52,6 +58,9 @@ from smarttasks.automation.engine.status import MemoryStatusSink, StatusTracker
 from smarttasks.automation.engine.testing import index
 from smarttasks.automation.engine.triggers import event_firings
 from smarttasks.core.db import create_engine, create_sessionmaker, unit_of_work
+from smarttasks.core.events import EVENTS_EXCHANGE, TaskEvent
+from smarttasks.core.messaging.envelope import Envelope
+from smarttasks.core.messaging.inbox import apply_many, apply_once
 from smarttasks.gateway.embedded_db import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +69,8 @@ TARGET_P99_MS = 250.0
 TARGET_EVENTS = 2000.0
 TARGET_RSS_MB = 300.0
 FULL_WINDOW = 600.0
+SECTIONS = ("latency", "throughput", "memory")
+LANES = 8  # the consumer runner's default concurrency
 
 
 def quiet() -> None:
@@ -228,27 +239,103 @@ def rendering_run(events: list[Any], idx: Any) -> float:
     return len(firings) / (time.perf_counter() - began)
 
 
-async def handler_run(
-    sessions: async_sessionmaker[AsyncSession], events: list[Any], idx: Any, in_flight: int
-) -> float:
-    """Events per second through the whole handler with the database, `in_flight` at once."""
-    await testing.reset(sessions)
-    consumer = TaskEventConsumer(idx, tracker=StatusTracker())
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    for event in events:
-        queue.put_nowait(event)
+_CLAIM_INBOX = text(
+    "INSERT INTO automation.inbox (consumer, event_id) "
+    "SELECT :consumer, id FROM unnest(CAST(:ids AS uuid[])) AS id "
+    "ON CONFLICT DO NOTHING RETURNING event_id"
+)
+HANDLER_MODES = ("handler", "runner", "batched")
 
-    async def worker() -> None:
-        while not queue.empty():
-            event = queue.get_nowait()
+
+def _envelope(event: TaskEvent) -> Envelope[Any]:
+    return Envelope(
+        id=event.id,
+        routing_key=event.type.value,
+        exchange=EVENTS_EXCHANGE,
+        event=event,
+        payload={},
+        aggregate_id=event.data.id,
+    )
+
+
+async def handler_run(
+    sessions: async_sessionmaker[AsyncSession],
+    events: list[Any],
+    idx: Any,
+    lanes: int,
+    *,
+    mode: str = "handler",
+    batch: int = 1,
+) -> float:
+    """Events per second through the whole handler with the database, `lanes` at once.
+
+    As in the consumer runner, one task's events share a lane (in order) and lanes run
+    concurrently; each lane takes its events `batch` at a time. Modes:
+
+    - handler: `handle`, one event per transaction, no inbox row (the handler's own cost);
+    - runner: the runner's transactions (`apply_once`, or `apply_many` for a batch): inbox
+      row and `handle` per event, one commit per batch;
+    - batched: the inbox rows of a batch in one statement, then `handle_batch` (what a
+      runner that hands a batch to the handler at once would do).
+    """
+    await testing.reset(sessions)
+    # The schedule kinds the rules use, as a running engine has them: events arm entries.
+    await Scheduler(sessions, idx, tracker=StatusTracker()).sync_rules()
+    consumer = TaskEventConsumer(idx, tracker=StatusTracker())
+    definition = task_event_consumer(consumer)
+    queues: list[list[TaskEvent]] = [[] for _ in range(lanes)]
+    for event in events:
+        queues[zlib.crc32(str(event.data.id).encode()) % lanes].append(event)
+
+    async def handler(chunk: list[TaskEvent]) -> None:
+        for event in chunk:
             async with unit_of_work(sessions) as session:
                 await consumer.handle(session, event)
 
+    async def runner(chunk: list[TaskEvent]) -> None:
+        items = []
+        for event in chunk:
+            envelope = _envelope(event)
+            route = definition.route(envelope.routing_key)
+            assert route is not None
+            items.append((route, envelope))
+        if len(items) > 1:
+            try:
+                await apply_many(sessions, definition, items)
+                return
+            except Exception:  # as the runner does: roll back, then one by one
+                failed["batches rolled back"] += 1
+        for item in items:
+            while True:
+                try:
+                    await apply_once(sessions, definition, *item)
+                    break
+                except Exception:  # e.g. a deadlock victim: the runner retries it later
+                    failed["messages retried"] += 1
+
+    async def batched(chunk: list[TaskEvent]) -> None:
+        async with unit_of_work(sessions) as session:
+            claimed = await session.execute(
+                _CLAIM_INBOX, {"consumer": definition.name, "ids": [e.id for e in chunk]}
+            )
+            new = {row.event_id for row in claimed}
+            await consumer.handle_batch(session, [e for e in chunk if e.id in new])
+
+    apply = {"handler": handler, "runner": runner, "batched": batched}[mode]
+    failed: Counter[str] = Counter()
+
+    async def lane(queue: list[TaskEvent]) -> None:
+        for start in range(0, len(queue), batch):
+            await apply(queue[start : start + batch])
+
     began = time.perf_counter()
     async with asyncio.TaskGroup() as group:
-        for _ in range(in_flight):
-            group.create_task(worker())
-    return len(events) / (time.perf_counter() - began)
+        for queue in queues:
+            group.create_task(lane(queue))
+    rate = len(events) / (time.perf_counter() - began)
+    if failed:
+        print(f"  {mode}: {dict(failed)} (the runner retries after a delay; not here)", flush=True)
+    return rate
 
 
 # ------------------------------------------------------------------------- 3. memory
@@ -326,8 +413,11 @@ def _section(r: dict[str, Any]) -> str:
         f"| task events through matching, 1,000 rules | {thr['matching']:.0f} events/s "
         "(trigger, index lookup, match incl. CEL) | "
         f"with rendering: {thr['rendering']:.0f} firings/s; whole handler with PostgreSQL "
-        f"(projection, arming, firings, outbox; {thr['in_flight']} in flight): "
-        f"{thr['handler']:.0f} events/s | ≥ {TARGET_EVENTS:.0f} /s | "
+        f"(projection, arming, firings, outbox; {thr['in_flight']} lanes): "
+        f"{thr['handler']:.0f} events/s one per transaction; with the inbox, "
+        f"{thr['batch']} per transaction: {thr['handler_runner']:.0f} events/s "
+        f"(runner, `handle` each), {thr['handler_batched']:.0f} events/s (`handle_batch`) | "
+        f"≥ {TARGET_EVENTS:.0f} /s | "
         f"{verdict(thr['matching'] >= TARGET_EVENTS)} (matching); "
         f"{verdict(thr['handler'] >= TARGET_EVENTS)} (whole handler) |",
         f"| engine RSS, {mem['entries']:,} scheduled deadlines | {mem['peak_rss_mib']:.0f} MiB "
@@ -358,16 +448,20 @@ def _section(r: dict[str, Any]) -> str:
         *rows,
         "",
         "The matching figure is the engine's own work per event in memory (the target's "
-        "\"through matching\"). The whole-handler figure adds what the runner contract costs: "
-        "one transaction per message (inbox-free here), each with the projection upsert, "
-        "schedule arming, firing and outbox inserts and a durable commit, in one Python "
-        "process sharing 2 cores with PostgreSQL. It scales with more consumer processes "
-        "(engines may run side by side, exactly once still holds) or with a runner that "
-        "commits several messages per transaction; on this machine it is CPU-bound.",
+        "\"through matching\"). The whole-handler figures add what the runner contract costs: "
+        "transactions with the projection upsert, schedule arming, firing and outbox inserts "
+        "and a durable commit, in one Python process sharing 2 cores with PostgreSQL; one "
+        "task's events in one lane, in order, as the runner does. One per transaction is the "
+        "handler alone; the runner commits the messages waiting in a lane together (each with "
+        "its inbox row and `handle` call); `handle_batch` takes such a batch at once, with the "
+        "same statements whatever its size. It scales with more consumer processes (engines "
+        "may run side by side, exactly once still holds); on this machine it is CPU-bound.",
         "",
         f"Runs: p99 ms {', '.join(f'{x:.0f}' for x in r['runs_p99'])}; matching events/s "
         f"{', '.join(f'{x:.0f}' for x in r['runs_matching'])}; handler events/s "
-        f"{', '.join(f'{x:.0f}' for x in r['runs_handler'])}; rendering firings/s "
+        f"{', '.join(f'{x:.0f}' for x in r['runs_handler'])}; runner batches events/s "
+        f"{', '.join(f'{x:.0f}' for x in r['runs_handler_runner'])}; `handle_batch` events/s "
+        f"{', '.join(f'{x:.0f}' for x in r['runs_handler_batched'])}; rendering firings/s "
         f"{', '.join(f'{x:.0f}' for x in r['runs_rendering'])}; peak RSS MiB "
         f"{', '.join(f'{x:.0f}' for x in r['runs_rss'])}.",
         "",
@@ -393,45 +487,61 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     rules = workload.rules(population, args.rules)
     idx = index(*rules)
     events = workload.traffic(population, args.events)
+    sections = set(args.sections)
     latencies: list[dict[str, Any]] = []
     matching: list[float] = []
-    handler: list[float] = []
+    handled: dict[str, list[float]] = {mode: [] for mode in HANDLER_MODES}
     rendering: list[float] = []
     rss: list[float] = []
     reference: dict[str, Any] = {}
     entries = 0
     entries_latency = 0
     try:
-        print("latency: loading", flush=True)
-        start, entries_latency = await latency_setup(
-            url, db, sessions, population, idx, tasks=args.tasks, lead=args.lead
-        )
-        # Consecutive windows of the same 10 minutes of deadlines, a fresh engine for each.
-        for run in range(args.runs):
-            print(f"run {run + 1}/{args.runs}: latency", flush=True)
-            latencies.append(
-                await latency_window(url, sessions, idx, start=start, window=args.window)
+        if "latency" in sections:
+            print("latency: loading", flush=True)
+            start, entries_latency = await latency_setup(
+                url, db, sessions, population, idx, tasks=args.tasks, lead=args.lead
             )
-            # The next window starts once the deadlines missed while restarting have fired.
-            start = datetime.now(UTC) + timedelta(seconds=6)
-        reference = await claim_reference(sessions, args.tasks)
-        for run in range(args.runs):
-            print(f"run {run + 1}/{args.runs}: throughput", flush=True)
-            matching.append(matching_run(events, idx))
-            rendering.append(rendering_run(events, idx))
-            handler.append(await handler_run(sessions, events[: args.db_events], idx, 8))
-        print(f"memory: loading {args.deadlines:,} deadlines", flush=True)
-        entries = await memory_setup(sessions, population, args.deadlines)
-        for run in range(args.runs):
-            print(f"run {run + 1}/{args.runs}: memory", flush=True)
-            rss.append(memory_run(url, args.memory_seconds))
+            # Consecutive windows of the same 10 minutes of deadlines, a fresh engine each.
+            for run in range(args.runs):
+                print(f"run {run + 1}/{args.runs}: latency", flush=True)
+                latencies.append(
+                    await latency_window(url, sessions, idx, start=start, window=args.window)
+                )
+                # The next window starts once the deadlines missed while restarting fired.
+                start = datetime.now(UTC) + timedelta(seconds=6)
+            reference = await claim_reference(sessions, args.tasks)
+        if "throughput" in sections:
+            for run in range(args.runs):
+                print(f"run {run + 1}/{args.runs}: throughput", flush=True)
+                matching.append(matching_run(events, idx))
+                rendering.append(rendering_run(events, idx))
+                for mode in HANDLER_MODES:
+                    handled[mode].append(
+                        await handler_run(
+                            sessions,
+                            events[: args.db_events],
+                            idx,
+                            LANES,
+                            mode=mode,
+                            batch=1 if mode == "handler" else args.batch,
+                        )
+                    )
+        if "memory" in sections:
+            print(f"memory: loading {args.deadlines:,} deadlines", flush=True)
+            entries = await memory_setup(sessions, population, args.deadlines)
+            for run in range(args.runs):
+                print(f"run {run + 1}/{args.runs}: memory", flush=True)
+                rss.append(memory_run(url, args.memory_seconds))
     finally:
         await db.dispose()
     p99s = [lat["p99_ms"] for lat in latencies]
-    mid = {
-        **latencies[p99s.index(sorted(p99s)[len(p99s) // 2])],
-        "schedule_entries": entries_latency,
-    }
+    mid: dict[str, Any] = {}
+    if latencies:
+        mid = {
+            **latencies[p99s.index(sorted(p99s)[len(p99s) // 2])],
+            "schedule_entries": entries_latency,
+        }
     return {
         "machine": machine(),
         "runs": args.runs,
@@ -441,16 +551,24 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "claim_reference": reference,
         "throughput": {
             "events": len(events),
-            "matching": median(matching),
-            "rendering": median(rendering),
-            "handler": median(handler),
-            "in_flight": 8,
+            "matching": median(matching) if matching else None,
+            "rendering": median(rendering) if rendering else None,
+            **{
+                ("handler" if mode == "handler" else f"handler_{mode}"): (
+                    median(runs) if runs else None
+                )
+                for mode, runs in handled.items()
+            },
+            "batch": args.batch,
+            "in_flight": LANES,
             "handler_events": args.db_events,
         },
-        "memory": {"entries": entries, "peak_rss_mib": median(rss)},
+        "memory": {"entries": entries, "peak_rss_mib": median(rss) if rss else None},
         "runs_p99": p99s,
         "runs_matching": matching,
-        "runs_handler": handler,
+        "runs_handler": handled["handler"],
+        "runs_handler_runner": handled["runner"],
+        "runs_handler_batched": handled["batched"],
         "runs_rendering": rendering,
         "runs_rss": rss,
     }
@@ -466,7 +584,17 @@ def main() -> int:
     parser.add_argument("--db-events", type=int, default=2000, help="events (whole handler)")
     parser.add_argument("--deadlines", type=int, default=1_000_000, help="memory: deadlines")
     parser.add_argument("--memory-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--batch", type=int, default=20, help="events per transaction (runner, handle_batch)"
+    )
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="what to measure (a partial run prints its figures and writes no report)",
+    )
     parser.add_argument("--no-docs", action="store_true", help="do not update docs/benchmarks.md")
     parser.add_argument("--memory-child", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -482,6 +610,9 @@ def main() -> int:
         result = asyncio.run(measure(server.url, args))
     finally:
         server.stop()
+    if set(args.sections) != set(SECTIONS):
+        print(json.dumps(result, indent=2, default=str))
+        return 0
     path = write_result("engine", result)
     print(_section(result))
     print(f"result: {path}")

@@ -129,7 +129,9 @@ def traffic(population: Population, count: int, *, seed: int = 11) -> list[TaskE
     factories = {owner: Tasks(owner) for owner in population.owners}
     live: list[tuple[Tasks, uuid.UUID]] = []
     events: list[TaskEvent] = []
-    now = datetime.now(UTC)
+    # Deadlines a day or more ahead, plus a margin: no entry (DeadlineApproaching at most a
+    # day early) is due while the events are handled, as with a schedule loop keeping up.
+    ahead = datetime.now(UTC) + timedelta(hours=2)
     while len(events) < count:
         roll = rnd.random()
         if roll < 0.30 or len(live) < 50:
@@ -140,7 +142,7 @@ def traffic(population: Population, count: int, *, seed: int = 11) -> list[TaskE
                 labels=rnd.sample(LABELS, rnd.randint(0, 3)),
                 priority=rnd.choice(PRIORITIES),
                 assignee_id=rnd.choice(population.owners) if rnd.random() < 0.6 else None,
-                due_at=now + timedelta(days=rnd.randint(1, 30)),
+                due_at=ahead + timedelta(days=rnd.randint(1, 30)),
             )
             live.append((tasks, event.data.id))
         else:
@@ -151,7 +153,7 @@ def traffic(population: Population, count: int, *, seed: int = 11) -> list[TaskE
                     [
                         {"title": f"Renamed {len(events)}"},
                         {"priority": rnd.choice(PRIORITIES)},
-                        {"due_at": now + timedelta(days=rnd.randint(1, 30))},
+                        {"due_at": ahead + timedelta(days=rnd.randint(1, 30))},
                         {"status": "in_progress"},
                     ]
                 )

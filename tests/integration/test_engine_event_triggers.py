@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -27,6 +29,9 @@ from smarttasks.core.messaging.envelope import Envelope
 pytestmark = pytest.mark.integration
 
 EMAIL = {"notify": {"channel": "email", "to": ["assignee", "owner", "lead@example.com"]}}
+# Transactions open at once in the totals test: fewer than the test pool's connections, and
+# enough that random shards (16) would very likely put two of them on the same row.
+OPEN_AT_ONCE = 9
 
 
 @pytest.fixture(scope="session")
@@ -301,6 +306,82 @@ async def test_a_template_failing_for_a_task_is_reported_as_the_rules_last_error
     assert status.fired_count == 0
     assert status.last_error is not None and "subject" in status.last_error
     assert "lastError" in status.patch()
+
+
+async def test_a_condition_failing_for_a_task_is_reported_as_the_rules_last_error(
+    db: async_sessionmaker[AsyncSession],
+) -> None:
+    # Both compile (they hold for the representative task) and fail for these tasks.
+    per_label = rule(spec("TaskCreated", match={"condition": "10 / size(task.labels) > 1"}))
+    to_done = rule(spec("TaskUpdated", match={"condition": "changes.status[1] == 'done'"}))
+    h = Harness(db, per_label, to_done)
+    created = h.tasks.created(labels=[])
+    renamed = h.tasks.updated(created.data.id, title="Renamed")
+
+    assert await h.send(created, renamed) == []
+
+    sink = MemoryStatusSink()
+    assert await StatusFlusher(db, h.tracker, sink).flush() == 2
+    divided, missing = sink.statuses[per_label.uid], sink.statuses[to_done.uid]
+    assert divided.fired_count == 0 and missing.fired_count == 0
+    assert divided.last_error is not None and "division by zero" in divided.last_error
+    assert missing.patch()["lastError"] == "condition failed: no such key 'status'"
+
+
+async def test_transactions_firing_the_same_rule_do_not_wait_for_each_other(
+    db: async_sessionmaker[AsyncSession],
+) -> None:
+    busy = rule(spec("TaskCreated"))
+    h = Harness(db, busy)
+    events = [h.tasks.created() for _ in range(OPEN_AT_ONCE)]
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [await stack.enter_async_context(db()) for _ in events]
+        # Each transaction adds to the rule's totals and stays open: none may need a row
+        # another one holds (one shared by chance would be waited for until the timeout).
+        async with asyncio.timeout(10):
+            for session, event in zip(sessions, events, strict=True):
+                await h.consumer.handle(session, event)
+        for session in sessions:
+            await session.commit()
+    assert len(await outbox_messages(db)) == OPEN_AT_ONCE
+    sink = MemoryStatusSink()
+    await StatusFlusher(db, h.tracker, sink).flush()
+    assert sink.statuses[busy.uid].fired_count == OPEN_AT_ONCE
+
+
+async def test_a_batch_of_events_fires_as_the_same_events_one_by_one(
+    db: async_sessionmaker[AsyncSession],
+) -> None:
+    created_rule = rule(spec("TaskCreated"))
+    updated_rule = rule(spec("TaskUpdated", trigger={"fields": ["priority"]}))
+    h = Harness(db, created_rule, updated_rule)
+    a, b = h.tasks.created(), h.tasks.created()
+    raised = h.tasks.updated(a.data.id, priority="high")
+    renamed = h.tasks.updated(a.data.id, title="Renamed")
+    async with unit_of_work(db) as session:
+        await h.consumer.handle_batch(session, [a, b, raised, renamed])
+    messages = await outbox_messages(db)
+    # Redelivered, alone or in a batch: nothing more.
+    await h.send(raised)
+    async with unit_of_work(db) as session:
+        await h.consumer.handle_batch(session, [b, renamed])
+
+    assert await outbox_messages(db) == messages
+    assert sorted((m.rule.uid, m.dedup_key.split("/")[3]) for m in messages) == sorted(
+        [
+            (created_rule.uid, str(a.id)),
+            (created_rule.uid, str(b.id)),
+            (updated_rule.uid, str(raised.id)),
+        ]
+    )
+    async with db() as session:
+        version, title = (
+            await session.execute(
+                text("SELECT version, snapshot->>'title' FROM automation.tasks WHERE task_id = :t"),
+                {"t": a.data.id},
+            )
+        ).one()
+    assert (version, title) == (3, "Renamed")
 
 
 async def test_the_consumer_definition_takes_task_events_in_envelopes(

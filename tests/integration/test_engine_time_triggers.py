@@ -115,6 +115,30 @@ async def test_a_moved_deadline_rearms_the_trigger(db: async_sessionmaker[AsyncS
     assert len(await c.at(T + timedelta(days=2))) == 2
 
 
+async def test_a_batch_of_events_arms_as_the_same_events_one_by_one(
+    db: async_sessionmaker[AsyncSession],
+) -> None:
+    approaching = rule(spec("DeadlineApproaching", before="1h"))
+    c = await Clock(db, rule(spec("TaskOverdue")), approaching).start()
+    moved = c.tasks.created(due_at=T)
+    done = c.tasks.created(due_at=T)
+    batch = [
+        moved,
+        done,
+        c.tasks.updated(moved.data.id, due_at=T + timedelta(hours=2)),
+        c.tasks.updated(done.data.id, status="done"),
+    ]
+    async with unit_of_work(db) as session:
+        await c.consumer.handle_batch(session, batch)
+
+    assert await c.at(T + timedelta(minutes=30)) == []
+    approached = await c.at(T + timedelta(minutes=90))
+    fired = await c.at(T + timedelta(days=1))
+    assert [m.rule.uid for m in approached] == [approaching.uid]
+    assert {m.task.id for m in fired if m.task} == {moved.data.id}
+    assert occurrences(fired) == [(T + timedelta(hours=2)).isoformat()] * 2
+
+
 async def test_a_deadline_moved_into_the_past_fires_at_once(
     db: async_sessionmaker[AsyncSession],
 ) -> None:

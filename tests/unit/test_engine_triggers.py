@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from smarttasks.automation.engine.messages import build_requests, message_id, resolve
-from smarttasks.automation.engine.projection import needs_wake
+from smarttasks.automation.engine.projection import latest_states, needs_wake
 from smarttasks.automation.engine.testing import Tasks, index, rule
 from smarttasks.automation.engine.throttle import over_limit
 from smarttasks.automation.engine.triggers import (
@@ -76,6 +76,23 @@ def test_rules_created_after_an_event_ignore_it() -> None:
     assert event_firings(event, index(later)) == ([], [])
 
 
+def test_a_condition_failing_at_runtime_is_reported_and_other_rules_still_fire() -> None:
+    tasks = Tasks()
+    task_id = tasks.created(labels=["ops"]).data.id
+    renamed = tasks.updated(task_id, title="Renamed")
+    plain = rule(spec("TaskUpdated"))
+    dividing = rule({**spec("TaskUpdated"), "match": {"condition": "1 / (task.version - 2) > 0"}})
+    missing = rule({**spec("TaskUpdated"), "match": {"condition": "changes.status[1] == 'done'"}})
+
+    firings, errors = event_firings(renamed, index(plain, dividing, missing))
+
+    assert [f.rule for f in firings] == [plain]
+    reported = {failed.uid: message for failed, message in errors}
+    assert reported.keys() == {dividing.uid, missing.uid}
+    assert reported[dividing.uid].startswith("condition failed: division by zero")
+    assert reported[missing.uid] == "condition failed: no such key 'status'"
+
+
 def test_kinds_group_rules_by_trigger_and_offset() -> None:
     a = rule(spec("DeadlineApproaching", before="1h"), created_at=T)
     b = rule(spec("DeadlineApproaching", before="60m"), created_at=T - timedelta(days=1))
@@ -129,6 +146,18 @@ def test_approaching_fires_before_the_deadline_but_not_once_it_has_passed() -> N
     assert len(on_time.firings) == 1
     assert on_time.firings[0].due_at == T - timedelta(hours=1)
     assert process_entry(entry(kind), task(), [soon], T + timedelta(seconds=1)).firings == []
+
+
+def test_a_due_entry_reports_a_condition_failing_at_runtime() -> None:
+    kind = ScheduleKind(TriggerEvent.TASK_OVERDUE, 0)
+    dividing = rule({**spec("TaskOverdue"), "match": {"condition": "1 / (task.version - 1) > 0"}})
+    plain = rule(spec("TaskOverdue"))
+
+    outcome = process_entry(entry(kind), task(), [dividing, plain], T)
+
+    assert [f.rule for f in outcome.firings] == [plain]
+    [(failed, message)] = outcome.errors
+    assert failed is dividing and "division by zero" in message
 
 
 @pytest.mark.parametrize("status", ["done", "cancelled"])
@@ -221,3 +250,18 @@ def test_arming_wakes_the_loops_only_for_an_entry_before_every_other() -> None:
     assert not needs_wake(T + timedelta(minutes=1), T, now)  # the loop wakes by T anyway
     # The earliest entry is (nearly) due: it may be firing and spent right now.
     assert needs_wake(T + timedelta(minutes=1), now + timedelta(seconds=1), now)
+
+
+def test_of_several_states_of_a_task_the_newest_is_applied() -> None:
+    tasks = Tasks()
+    a = tasks.created().data
+    b = tasks.created().data
+    a2 = tasks.updated(a.id, title="Second").data
+    a3 = tasks.updated(a.id, title="Third").data
+
+    latest = latest_states([(a3, False), (b, False), (a, False), (a2, False)])
+
+    assert latest == [(a3, False), (b, False)]
+    # At equal versions the deletion wins, whichever comes first: as the version guard does.
+    assert latest_states([(a3, True), (a3, False)]) == [(a3, True)]
+    assert latest_states([(a3, False), (a3, True)]) == [(a3, True)]

@@ -1,4 +1,5 @@
-"""matches(): each criterion of a rule, owner scoping, changes, conditions that fail at runtime."""
+"""matches(): each criterion of a rule, owner scoping, changes, conditions that fail at runtime,
+one task prepared once for many rules."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ import pytest
 from smarttasks.automation import OWNER_LABEL
 from smarttasks.automation.rules import (
     CompiledRule,
+    ConditionError,
     compile_rule,
     explain,
     matches,
     task_document,
 )
+from smarttasks.automation.rules.matcher import MatchSubject, evaluate
 from smarttasks.core.events import TaskSnapshot
 
 OWNER = uuid.UUID("22222222-2222-4222-8222-222222222222")
@@ -162,3 +165,56 @@ def test_every_task_shape_is_accepted(task: Any) -> None:
     due = rule(match={"condition": "task.due_at == timestamp('2026-12-04T16:00:00Z')"})
 
     assert matches(due, task)
+
+
+def test_a_subject_prepared_once_answers_for_every_rule_as_matching_alone() -> None:
+    changes = {"status": ["todo", "in_progress"]}
+    rules = [
+        rule(match={"condition": "task.assignee == null"}),
+        rule(match={"condition": "1 / (task.version - 1) >= 0"}),  # fails: division by zero
+        rule("TaskUpdated", match={"condition": "changes.status[1] == 'in_progress'"}),
+        rule(match={"condition": "changes.priority[1] == 'high'"}),  # fails: no such key
+        rule(match={"projects": ["gemini"], "condition": "true"}),
+        rule(match={"condition": '"ops" in task.labels && task.due_at < now'}),
+    ]
+    now = datetime(2026, 12, 5, tzinfo=UTC)
+    subject = MatchSubject(TASK, changes, now=now)
+
+    shared = [matches(r, subject) for r in rules]
+
+    assert shared == [matches(r, TASK, changes, now=now) for r in rules]
+    assert shared == [True, False, True, False, False, True]
+
+
+def test_evaluate_raises_what_matches_counts_as_no_match() -> None:
+    dividing = rule(match={"condition": "1 / (task.version - 1) >= 0"})
+    missing = rule(match={"condition": "changes.priority[1] == 'high'"})
+
+    with pytest.raises(ConditionError, match="division by zero"):
+        evaluate(dividing, MatchSubject(TASK))
+    with pytest.raises(ConditionError, match="no such key 'priority'"):
+        missing.matches(TASK, {"status": ["todo", "done"]})
+    assert not matches(dividing, TASK)
+    assert evaluate(rule(match={"condition": "size(task.labels) == 2"}), MatchSubject(TASK))
+
+
+def test_a_compiled_rule_names_itself_the_same_way_every_time() -> None:
+    compiled = compile_rule(
+        {
+            "trigger": {"event": "TaskCreated"},
+            "actions": [{"notify": {"channel": "webhook", "url": "https://x.io"}}],
+        },
+        namespace="team-a",
+        name="hook",
+        uid="u-1",
+        generation=4,
+    )
+
+    assert compiled.key == "team-a/hook"
+    assert compiled.ref is compiled.ref
+    assert compiled.ref.model_dump() == {
+        "namespace": "team-a",
+        "name": "hook",
+        "uid": "u-1",
+        "generation": 4,
+    }

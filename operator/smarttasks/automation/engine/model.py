@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from smarttasks.automation.rules.documents import TaskDocument
+from smarttasks.automation.rules.matcher import MatchSubject
 from smarttasks.automation.rules.model import TriggerEvent
 from smarttasks.core.events import RuleRef, TaskSnapshot
 
@@ -47,7 +48,7 @@ class EngineRule(Protocol):
 
     @property
     def ref(self) -> RuleRef:
-        """The rule as named in `notification.requested` (may be built on each access)."""
+        """The rule as named in `notification.requested` (read often: keep it cheap)."""
         ...
 
     @property
@@ -112,9 +113,16 @@ class EngineRule(Protocol):
         ...
 
     def matches(
-        self, task: TaskDocument, changes: Mapping[str, Sequence[Any]] | None = None
+        self,
+        task: TaskDocument | MatchSubject,
+        changes: Mapping[str, Sequence[Any]] | None = None,
     ) -> bool:
-        """The `match` clauses (projects, labels, priorities, CEL condition, owner scope)."""
+        """The `match` clauses (projects, labels, priorities, CEL condition, owner scope).
+
+        Raises `ConditionError` when the condition cannot be evaluated for this task: the
+        rule does not fire, and the engine reports why as its `lastError`. Pass a
+        `MatchSubject` when matching one task against many rules (converted once).
+        """
         ...
 
 

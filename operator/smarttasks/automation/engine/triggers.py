@@ -19,6 +19,7 @@ from smarttasks.automation.engine.model import (
     RuleSource,
 )
 from smarttasks.automation.rules.documents import TaskDocument, task_document
+from smarttasks.automation.rules.matcher import MatchSubject
 from smarttasks.automation.rules.model import TriggerEvent
 from smarttasks.core.events import TaskEvent, TaskEventType, TaskSnapshot
 
@@ -64,14 +65,17 @@ def event_firings(event: TaskEvent, rules: RuleSource) -> tuple[list[Firing], li
     firings: list[Firing] = []
     errors: list[RuleError] = []
     doc = task_document(event.data)
+    subject: MatchSubject | None = None  # made for the first candidate, shared by the others
     for trigger in activated_triggers(event):
         for rule in rules.candidates(trigger, doc):
             if rule.created_at > event.occurred_at:
                 continue
             if trigger is TriggerEvent.TASK_UPDATED and not _fields_changed(rule, event):
                 continue
+            if subject is None:
+                subject = MatchSubject(doc, event.changes)
             try:
-                matched = rule.matches(doc, event.changes)
+                matched = rule.matches(subject)
             except Exception as exc:  # a CEL runtime error is the rule's problem, not ours
                 errors.append((rule, f"condition failed: {exc}"))
                 continue
@@ -199,6 +203,7 @@ def process_entry(
     firings: list[Firing] = []
     errors: list[RuleError] = []
     doc = document if document is not None else task_document(task)
+    subject: MatchSubject | None = None  # made for the first rule of the kind, then shared
     moment = kind.moment(deadline)
     due_at = kind.first_due(deadline)
     if kind.trigger is TriggerEvent.TASK_OVERDUE:
@@ -206,8 +211,10 @@ def process_entry(
     for rule in rules:
         if kind_of(rule) != kind or rule.created_at > moment:
             continue
+        if subject is None:
+            subject = MatchSubject(doc)
         try:
-            matched = rule.matches(doc)
+            matched = rule.matches(subject)
         except Exception as exc:  # a CEL runtime error is the rule's problem, not ours
             errors.append((rule, f"condition failed: {exc}"))
             continue

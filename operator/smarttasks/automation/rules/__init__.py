@@ -24,7 +24,7 @@ from smarttasks.automation.rules.index import (
     RuleIndex,
     bucket_keys,
 )
-from smarttasks.automation.rules.matcher import Check, explain, matches
+from smarttasks.automation.rules.matcher import Check, MatchSubject, explain, matches
 from smarttasks.automation.rules.model import Channel, Priority, RuleSpec, TriggerEvent
 from smarttasks.automation.rules.schedules import CronSchedule
 from smarttasks.automation.rules.templates import TemplateRenderError
@@ -38,6 +38,7 @@ __all__ = [
     "CompiledRule",
     "ConditionError",
     "CronSchedule",
+    "MatchSubject",
     "Priority",
     "RenderedAction",
     "RuleCompileError",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -32,7 +32,7 @@ from smarttasks.automation.rules.documents import (
     changes_document,
     task_document,
 )
-from smarttasks.automation.rules.matcher import matches as _matches
+from smarttasks.automation.rules.matcher import MatchSubject, evaluate
 from smarttasks.automation.rules.model import Channel, RuleSpec, TriggerEvent, describe_error
 from smarttasks.automation.rules.schedules import CronSchedule, compile_schedule, parse_duration
 from smarttasks.automation.rules.templates import (
@@ -161,26 +161,32 @@ class CompiledRule:
     condition: Condition | None
     actions: tuple[CompiledAction, ...]
     max_per_hour: int | None
+    key: str = field(init=False, repr=False)
+    """``namespace/name``: what identifies the rule across generations."""
+    ref: RuleRef = field(init=False, repr=False)
+    """The rule as named in ``notification.requested`` events (built once, never mutate it)."""
 
-    @property
-    def key(self) -> str:
-        """``namespace/name``: what identifies the rule across generations."""
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def ref(self) -> RuleRef:
-        """The rule as named in ``notification.requested`` events."""
-        return RuleRef(
+    def __post_init__(self) -> None:
+        # Read for every candidate of every event and every firing: computed once here.
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
+        ref = RuleRef(
             namespace=self.namespace, name=self.name, uid=self.uid, generation=self.generation
         )
+        object.__setattr__(self, "ref", ref)
 
     def matches(
         self,
-        task: TaskDocument | BaseModel | Mapping[str, Any],
+        task: TaskDocument | BaseModel | Mapping[str, Any] | MatchSubject,
         changes: Mapping[str, Sequence[Any]] | None = None,
     ) -> bool:
-        """``rules.matcher.matches(self, task, changes)``: does the task pass ``match``?"""
-        return _matches(self, task, changes)
+        """Does the task pass ``match``? (``rules.matcher.evaluate``)
+
+        Raises ``ConditionError`` when the condition cannot be evaluated for this task
+        (the engine reports it as the rule's ``lastError``); ``rules.matcher.matches``
+        counts that as not matching instead.
+        """
+        subject = task if isinstance(task, MatchSubject) else MatchSubject(task, changes)
+        return evaluate(self, subject)
 
     def template_context(
         self,

@@ -82,6 +82,29 @@ class ConditionCompileError(ValueError):
     """A condition does not compile; the message says why in words a person understands."""
 
 
+class Activation:
+    """What conditions see for one task: ``task``, ``changes`` and ``now``, converted once.
+
+    Converting the variables to CEL values costs far more than evaluating a typical
+    condition, so the engine prepares one activation per event and evaluates every
+    candidate rule's condition in it. Not for use from several threads at once.
+    """
+
+    __slots__ = ("_context", "_variables")
+
+    def __init__(self, task: Mapping[str, Any], changes: Mapping[str, Any], now: datetime) -> None:
+        self._variables: dict[str, Any] | None = {"task": task, "changes": changes, "now": now}
+        self._context: cel.Context | None = None
+
+    def context(self) -> cel.Context:
+        """The CEL context (built on first use; raises if a value cannot be converted)."""
+        if self._context is None:
+            assert self._variables is not None
+            self._context = cel.Context(self._variables)
+            self._variables = None
+        return self._context
+
+
 @dataclass(frozen=True, eq=False)
 class Condition:
     """A compiled CEL condition; ``evaluate`` is safe to call concurrently."""
@@ -94,8 +117,12 @@ class Condition:
 
         A result that is not a boolean is an error too: a condition must be true or false.
         """
+        return self.evaluate_in(Activation(task, changes, now))
+
+    def evaluate_in(self, activation: Activation) -> bool:
+        """Like :meth:`evaluate`, with variables already prepared (shared by many conditions)."""
         try:
-            result = self.program.execute({"task": task, "changes": changes, "now": now})
+            result = self.program.execute(activation.context())
         except KeyError as exc:
             raise ConditionError(f"no such key {exc.args[0]!r}") from None
         except BaseException as exc:  # ValueError/TypeError/RuntimeError/... or a Rust panic
@@ -175,6 +202,7 @@ def _cel_type(value: object) -> str:
 __all__ = [
     "SUPPORTED_FUNCTIONS",
     "VARIABLES",
+    "Activation",
     "Condition",
     "ConditionCompileError",
     "ConditionError",

@@ -23,7 +23,7 @@ from typing import Any
 
 from smarttasks.automation.rules.compiler import CompiledRule
 from smarttasks.automation.rules.documents import task_document
-from smarttasks.automation.rules.matcher import TaskLike, matches
+from smarttasks.automation.rules.matcher import MatchSubject, TaskLike, matches
 from smarttasks.automation.rules.model import TriggerEvent
 from smarttasks.core.events import TaskEventType
 
@@ -114,10 +114,8 @@ class RuleIndex:
         now: datetime | None = None,
     ) -> list[CompiledRule]:
         """The enabled rules of trigger ``event`` that ``task`` matches (``matches()`` each)."""
-        doc = task_document(task)
-        return [
-            rule for rule in self.candidates(event, doc) if matches(rule, doc, changes, now=now)
-        ]
+        subject = MatchSubject(task, changes, now=now)  # converted once for every rule
+        return [rule for rule in self.candidates(event, subject.task) if matches(rule, subject)]
 
     def rules(self, event: TriggerEvent | None = None) -> list[CompiledRule]:
         """Every enabled rule of trigger ``event`` (of every trigger when None)."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from smarttasks.automation.rules.conditions import ConditionError
+from smarttasks.automation.rules.conditions import Activation, ConditionError
 from smarttasks.automation.rules.documents import TaskDocument, changes_document, task_document
 from smarttasks.automation.rules.model import TriggerEvent
 
@@ -29,9 +29,37 @@ class Check:
     detail: str
 
 
+class MatchSubject:
+    """A task and the change that happened to it, prepared once to be matched by many rules.
+
+    Holds the task document, the normalised ``changes`` and ``now``, and converts them for
+    CEL at most once (the first condition to need them), however many rules look.
+    """
+
+    __slots__ = ("_activation", "changes", "now", "task")
+
+    def __init__(
+        self,
+        task: TaskLike,
+        changes: Mapping[str, Sequence[Any]] | None = None,
+        *,
+        now: datetime | None = None,
+    ) -> None:
+        self.task: TaskDocument = task_document(task)
+        self.changes: dict[str, list[Any]] = changes_document(changes)
+        self.now: datetime = now or datetime.now(UTC)
+        self._activation: Activation | None = None
+
+    @property
+    def activation(self) -> Activation:
+        if self._activation is None:
+            self._activation = Activation(self.task, self.changes, self.now)
+        return self._activation
+
+
 def matches(
     rule: CompiledRule,
-    task: TaskLike,
+    task: TaskLike | MatchSubject,
     changes: Mapping[str, Sequence[Any]] | None = None,
     *,
     now: datetime | None = None,
@@ -44,18 +72,60 @@ def matches(
     ``labels`` (any one of them) and ``priorities``; the CEL condition, evaluated with
     ``task``, ``changes`` (``{field: [old, new]}``, empty when not given) and ``now``
     (default: the current time). A condition that fails to evaluate for this task (say,
-    a comparison with a null deadline) counts as not matching; :func:`explain` says why.
+    a comparison with a null deadline) counts as not matching; :func:`explain` says why,
+    and :func:`evaluate` raises instead.
 
     It does not look at the trigger: which rules an event concerns is the job of
-    ``RuleIndex``. Pass a :class:`TaskDocument` (``task_document(snapshot)``) when
-    matching one task against many rules, to convert it only once.
+    ``RuleIndex``. Pass a :class:`MatchSubject` (or at least a :class:`TaskDocument`,
+    ``task_document(snapshot)``) when matching one task against many rules, to convert
+    it only once.
     """
-    return all(check.passed for check in _checks(rule, task, changes, now))
+    try:
+        return evaluate(rule, _subject(task, changes, now))
+    except ConditionError:
+        return False
+
+
+def evaluate(rule: CompiledRule, subject: MatchSubject) -> bool:
+    """Like :func:`matches`, but a condition that cannot be evaluated raises ``ConditionError``.
+
+    The engine uses this: such a failure is the rule's to report (its ``lastError``).
+    """
+    if not rule.enabled:
+        return False
+    task = subject.task
+    if rule.owner is not None and task.get("owner_id") != str(rule.owner):
+        return False
+    if (
+        rule.fields
+        and rule.trigger is TriggerEvent.TASK_UPDATED
+        and rule.fields.isdisjoint(subject.changes)
+    ):
+        return False
+    if rule.projects and task.get("project") not in rule.projects:
+        return False
+    if rule.labels and rule.labels.isdisjoint(task.get("labels") or ()):
+        return False
+    if rule.priorities and task.get("priority") not in rule.priorities:
+        return False
+    if rule.condition is None:
+        return True
+    return rule.condition.evaluate_in(subject.activation)
+
+
+def _subject(
+    task: TaskLike | MatchSubject,
+    changes: Mapping[str, Sequence[Any]] | None,
+    now: datetime | None,
+) -> MatchSubject:
+    if isinstance(task, MatchSubject):
+        return task
+    return MatchSubject(task, changes, now=now)
 
 
 def explain(
     rule: CompiledRule,
-    task: TaskLike,
+    task: TaskLike | MatchSubject,
     changes: Mapping[str, Sequence[Any]] | None = None,
     *,
     now: datetime | None = None,
@@ -66,14 +136,15 @@ def explain(
 
 def _checks(
     rule: CompiledRule,
-    task: TaskLike,
+    task: TaskLike | MatchSubject,
     changes: Mapping[str, Sequence[Any]] | None,
     now: datetime | None,
     *,
     stop_early: bool = True,
 ) -> Iterator[Check]:
-    doc = task_document(task)
-    changed = changes_document(changes)
+    subject = _subject(task, changes, now)
+    doc = subject.task
+    changed = subject.changes
     checks = (
         _enabled,
         _owner,
@@ -91,7 +162,7 @@ def _checks(
             return
     if rule.condition is not None:
         try:
-            passed = rule.condition.evaluate(doc, changed, now or datetime.now(UTC))
+            passed = rule.condition.evaluate_in(subject.activation)
         except ConditionError as exc:
             yield Check("condition", False, f"could not be evaluated: {exc}")
         else:
@@ -146,4 +217,4 @@ def _priorities(rule: CompiledRule, doc: TaskDocument, _changes: object) -> Chec
     )
 
 
-__all__ = ["Check", "TaskLike", "explain", "matches"]
+__all__ = ["Check", "MatchSubject", "TaskLike", "evaluate", "explain", "matches"]
