@@ -225,7 +225,11 @@ async def test_relay_killed_mid_batch_loses_nothing_and_duplicates_are_absorbed(
     aggregates = [uuid.uuid4() for _ in range(25)]
     events = [(aggregate, n) for n in range(80) for aggregate in aggregates]
     log = SettlementLog()
-    settings = messaging_settings(database_url, amqp_url, consumer_prefetch=200)
+    # One message per transaction: the test must see a message while the relay's batch is
+    # published but not yet marked, a window a consumer applying batches reaches too late.
+    settings = messaging_settings(
+        database_url, amqp_url, consumer_prefetch=200, consumer_batch_size=1
+    )
 
     def start_relay() -> subprocess.Popen[bytes]:
         return spawn_relay(
