@@ -248,8 +248,14 @@ async def test_relay_killed_mid_batch_loses_nothing_and_duplicates_are_absorbed(
                 engine, event_schema, events[:250], routing_key="kill9.changed"
             )
             await log.wait_until(lambda: len(log.applied) == len(first_wave), timeout=60)
+            # One commit: the relay then takes full batches of 500, and publishing one takes
+            # long enough for the consumer to see its first messages before they are marked.
             second_wave = await insert_events(
-                engine, event_schema, events[250:], routing_key="kill9.changed", per_transaction=250
+                engine,
+                event_schema,
+                events[250:],
+                routing_key="kill9.changed",
+                per_transaction=len(events),
             )
             async with asyncio.timeout(60):
                 await published_but_unmarked.wait()
