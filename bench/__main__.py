@@ -6,7 +6,7 @@ import importlib.util
 import subprocess
 import sys
 
-SUITES = ("api", "events", "engine", "notifications")
+SUITES = ("api", "events", "engine", "notifications", "load")
 
 
 def main() -> int:
