@@ -228,6 +228,24 @@ async def test_without_smtp_server_emails_are_written_as_eml_files(
     assert list(outbox.iterdir()) == [path]
 
 
+async def test_text_the_engine_rendered_is_sent_as_written(
+    harness: Harness, smtp_server: SmtpServer
+) -> None:
+    # A task titled with template syntax: the engine already rendered it into the text.
+    request = notification(
+        subject="Overdue: Budget {{ 6 * 7 }}", body="Budget {{ unbalanced {% x", rendered=True
+    )
+    settings = harness.settings(smtp_host=smtp_server.host, smtp_port=smtp_server.port)
+    async with harness.workers(settings):
+        [delivery_id] = await harness.submit(request)
+        assert await harness.watcher.until(delivery_id, {"sent", "failed", "dead"}) == "sent"
+    [received] = await smtp_server.sink.wait_for(1)
+    assert received.message["Subject"] == "Overdue: Budget {{ 6 * 7 }}"
+    text = received.message.get_body(("plain",))
+    assert text is not None
+    assert text.get_content().replace("\r\n", "\n") == "Budget {{ unbalanced {% x\n"
+
+
 async def test_redelivered_request_records_no_second_delivery(
     harness: Harness, smtp_server: SmtpServer
 ) -> None:

@@ -207,7 +207,7 @@ def test_requests_render_templates_and_have_stable_ids() -> None:
     first, errors = build_requests(firing, T)
     again, _ = build_requests(firing, T + timedelta(minutes=1))
     assert errors == []
-    assert first[0].subject == "Overdue: Ship it"
+    assert first[0].subject == "Overdue: Ship it" and first[0].rendered
     assert "Ship it was due 2030-01-07" in first[0].body
     assert first[0].id == again[0].id == message_id(first[0].dedup_key)
 

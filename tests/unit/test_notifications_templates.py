@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from smarttasks.notifications.templates import Renderer, TemplateError
+from smarttasks.notifications.templates import Renderer, TemplateError, literal
 
 CONTEXT: dict[str, Any] = {
     "task": {"title": "Fix <b>prod</b> & co", "priority": "high", "status": "todo",
@@ -32,6 +32,14 @@ def test_subject_is_one_line_and_bodies_are_text_and_escaped_html() -> None:
 def test_html_is_left_out_when_not_asked_for() -> None:
     out = Renderer().render(subject="s", body="{{ task.title }}", context=CONTEXT, html=False)
     assert (out.subject, out.text, out.html) == ("s", "Fix <b>prod</b> & co", None)
+
+
+def test_rendered_text_is_sent_as_written_never_compiled_again() -> None:
+    out = literal(subject="Budget {{ 6 * 7 }}\r\nBcc: x@example.com", body="a {{ b <i>&")
+    assert out.subject == "Budget {{ 6 * 7 }} Bcc: x@example.com"
+    assert out.text == "a {{ b <i>&"
+    assert out.html is not None and "a {{ b &lt;i&gt;&amp;" in out.html
+    assert literal(subject="s", body="{%", html=False).html is None
 
 
 def test_defaults_are_used_when_the_rule_gives_none() -> None:

@@ -92,6 +92,9 @@ class NotificationRequested(BaseModel):
     recipients: list[str] = Field(default_factory=list)
     subject: str = ""
     body: str = ""
+    rendered: bool = False
+    """True when `subject` and `body` are final text (the engine renders rule templates);
+    false when they are templates the notification service renders per recipient."""
     url: str | None = None
     secret_ref: dict[str, str] | None = None
     dedup_key: str

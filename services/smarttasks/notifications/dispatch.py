@@ -20,7 +20,7 @@ from smarttasks.notifications.channels import (
 from smarttasks.notifications.directory import DirectoryUnavailable, UserDirectory
 from smarttasks.notifications.repository import Claimed
 from smarttasks.notifications.secretrefs import SecretRef
-from smarttasks.notifications.templates import Renderer, TemplateError
+from smarttasks.notifications.templates import Renderer, TemplateError, literal
 
 log = structlog.get_logger()
 
@@ -77,15 +77,16 @@ class Dispatcher:
         except ValueError as exc:
             return Attempted(Result.permanent(str(exc)), address)
         context = _context(request, address=address, name=name, user_id=delivery.recipient_user_id)
-        try:
-            rendered = self.renderer.render(
-                subject=request.subject,
-                body=request.body,
-                context=context,
-                html=delivery.channel == EMAIL,
-            )
-        except TemplateError as exc:
-            return Attempted(Result.permanent(str(exc)), address)
+        html = delivery.channel == EMAIL
+        if request.rendered:
+            rendered = literal(subject=request.subject, body=request.body, html=html)
+        else:
+            try:
+                rendered = self.renderer.render(
+                    subject=request.subject, body=request.body, context=context, html=html
+                )
+            except TemplateError as exc:
+                return Attempted(Result.permanent(str(exc)), address)
         message = OutboundMessage(
             notification_id=delivery.notification_id,
             delivery_id=delivery.id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from html import escape
 from typing import Any
 
 from jinja2 import StrictUndefined, Template
@@ -129,6 +130,16 @@ class Renderer:
             return Rendered(subject=rendered_subject, text=text, html=None)
         html_body = self._render(body_src, context, html=True, what="body")
         return Rendered(subject=rendered_subject, text=text, html=_html_document(html_body))
+
+
+def literal(*, subject: str, body: str, html: bool = True) -> Rendered:
+    """Already-rendered text as a message: never compiled again, so text that happens to
+    contain ``{{`` (a task titled "Budget {{ 6 * 7 }}") is sent as written."""
+    text = body[:MAX_OUTPUT_LENGTH]
+    one_line = " ".join(subject[:MAX_OUTPUT_LENGTH].split())
+    if not html:
+        return Rendered(subject=one_line, text=text, html=None)
+    return Rendered(subject=one_line, text=text, html=_html_document(escape(text)))
 
 
 def _html_document(body: str) -> str:

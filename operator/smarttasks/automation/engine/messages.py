@@ -67,6 +67,7 @@ def _request(
         recipients=recipients,
         subject=subject,
         body=body,
+        rendered=True,
         url=action.url,
         secret_ref=dict(action.secret_ref) if action.secret_ref else None,
         dedup_key=dedup,
