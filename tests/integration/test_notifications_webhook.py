@@ -105,6 +105,28 @@ async def test_timeout_is_retried_with_the_same_webhook_id(
     assert 250 <= attempts[0].duration_ms < 3000
 
 
+async def test_each_outcome_is_recorded_when_its_send_completes_not_with_its_batch(
+    signed: Harness, webhook_receiver: WebhookReceiver
+) -> None:
+    # One send of the claimed batch hangs; the others are committed meanwhile, so a worker
+    # killed now would send again only the one still in flight.
+    webhook_receiver.script = [HANG]
+    requests = [webhook_request(webhook_receiver) for _ in range(6)]
+    ids = [i for r in requests for i in await signed.submit(r)]
+    settings = signed.settings(worker_count=1, webhook_timeout_seconds=60.0)
+    async with signed.workers(settings):
+        await webhook_receiver.wait_for(6)
+        hanging = str(webhook_receiver.requests[0].headers["webhook-id"])
+        others = [d for d, r in zip(ids, requests, strict=True) if str(r.id) != hanging]
+        assert len(others) == 5
+        for delivery_id in others:
+            assert await signed.watcher.until(delivery_id, {"sent"}, timeout=10) == "sent"
+        [stuck] = set(ids) - set(others)
+        assert stuck not in signed.watcher.outcomes
+        webhook_receiver.release.set()
+        assert await signed.watcher.until(stuck, {"sent"}, timeout=10) == "sent"
+
+
 @pytest.mark.parametrize(("status", "outcome"), [(400, "failed"), (410, "failed"), (302, "failed")])
 async def test_client_errors_and_redirects_are_not_retried(
     signed: Harness, webhook_receiver: WebhookReceiver, status: int, outcome: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,7 +25,7 @@ log = structlog.get_logger()
 
 MAX_ERROR_LENGTH = 2000
 
-# Called with the recorded outcomes (one dict per delivery) after each batch commits.
+# Called with the recorded outcomes (one dict per delivery) after each write commits.
 BatchObserver = Callable[[Sequence[dict[str, Any]]], None]
 
 
@@ -104,11 +104,12 @@ class DeliveryWorker:
     async def run_once(self) -> int:
         """Send batches until nothing is due; returns how many deliveries were attempted.
 
-        Recording a batch's outcomes overlaps with claiming and sending the next one, so
-        the channels are not idle during that database round trip.
+        Each outcome is recorded as soon as its send completes (see `OutcomeRecorder`), not
+        when the whole claimed batch is done: a worker killed mid-batch sends again only
+        the few messages whose outcome it had not yet committed.
         """
         total = 0
-        recording: asyncio.Task[None] | None = None
+        recorder = OutcomeRecorder(self._finish)
         try:
             while not self._stopping:
                 async with unit_of_work(self._sessions) as session:
@@ -117,27 +118,20 @@ class DeliveryWorker:
                     )
                 if not claimed:
                     break
-                outcomes = await asyncio.gather(*(self._attempt(d) for d in claimed))
-                if recording is not None:
-                    await recording
-                recording = asyncio.create_task(self._finish(claimed, outcomes))
+                await asyncio.gather(*(self._attempt_and_record(d, recorder) for d in claimed))
+                recorder.raise_failure()
                 total += len(claimed)
         finally:
-            if recording is not None:
-                await recording
+            await recorder.drain()
         return total
 
-    async def _finish(
-        self,
-        claimed: Sequence[Claimed],
-        outcomes: Sequence[tuple[Attempted, datetime, float]],
-    ) -> None:
-        updates: list[dict[str, Any]] = []
-        attempts: list[dict[str, Any]] = []
-        for delivery, (attempted, started, duration) in zip(claimed, outcomes, strict=True):
-            update, attempt = self._record(delivery, attempted, started, duration)
-            updates.append(update)
-            attempts.append(attempt)
+    async def _attempt_and_record(self, delivery: Claimed, recorder: OutcomeRecorder) -> None:
+        attempted, started, duration = await self._attempt(delivery)
+        recorder.add(self._record(delivery, attempted, started, duration))
+
+    async def _finish(self, outcomes: Sequence[Recorded]) -> None:
+        updates = [update for update, _ in outcomes]
+        attempts = [attempt for _, attempt in outcomes]
         async with unit_of_work(self._sessions) as session:
             await DeliveryRepository(session).finish(updates, attempts)
         if self._observer is not None:
@@ -222,6 +216,54 @@ class DeliveryWorker:
             "error": error,
         }
         return update, attempt
+
+
+Recorded = tuple[dict[str, Any], dict[str, Any]]
+"""A delivery's row update and its attempt record."""
+
+
+class OutcomeRecorder:
+    """Commits outcomes as sends complete, in group commits.
+
+    While one write runs, outcomes that complete meanwhile wait and go together in the
+    next one, so the database sees one transaction per round trip rather than one per
+    message, and at any moment only the outcomes of the last round trip are unrecorded.
+    A failed write drops its outcomes (their rows come back when the lease ends, and are
+    sent again) and is raised by `raise_failure` or `drain`.
+    """
+
+    def __init__(self, write: Callable[[Sequence[Recorded]], Awaitable[None]]) -> None:
+        self._write = write
+        self._pending: list[Recorded] = []
+        self._writing: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    def add(self, outcome: Recorded) -> None:
+        self._pending.append(outcome)
+        if self._writing is None:
+            self._writing = asyncio.create_task(self._write_pending())
+
+    async def _write_pending(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._write(batch)
+        except Exception as exc:
+            self._pending = []
+            self._failure = self._failure or exc
+        finally:
+            self._writing = None
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
+
+    async def drain(self) -> None:
+        """Wait until every outcome added so far is written (or its write failed)."""
+        while self._writing is not None:
+            await asyncio.shield(self._writing)
+        self.raise_failure()
 
 
 class WorkerPool:
