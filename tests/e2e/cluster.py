@@ -16,9 +16,12 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import secrets
+import signal
+import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +38,7 @@ from tests.e2e.platforms import WAIT, Account, Email, Rule, RuleStatus, TimedSin
 from tests.fixtures.amqp import RabbitNode
 from tests.fixtures.k8s import ControlPlane
 from tests.fixtures.processes import (
+    START_TIMEOUT,
     ComponentProcess,
     component_env,
     free_port,
@@ -159,6 +163,26 @@ class ClusterPlatform:
         dead = {n: p.returncode for n, p in self.processes.items() if not p.running}
         assert not dead, f"components exited: {dead}"
 
+    async def kill(self, name: str) -> None:
+        """SIGKILL one component, as a node failure or the OOM killer would, and await its end."""
+        process = self.processes[name]
+        assert process.running and process.pid is not None, f"{name} is not running"
+        os.kill(process.pid, signal.SIGKILL)
+        status = await process.wait_exit(timeout=WAIT)
+        assert status == -signal.SIGKILL, f"{name} ended with status {status}"
+
+    async def restart(self, name: str, *, timeout: float = START_TIMEOUT) -> float:
+        """Start a stopped component again, as its Deployment would; return once it is ready
+        (what start-up awaits) and say how long that took."""
+        old = self.processes[name]
+        assert not old.running, f"{name} is still running"
+        process = ComponentProcess(name, old.args, env=old.env, log_path=old.log_path)
+        self.processes[name] = process
+        started = time.monotonic()
+        await process.start()
+        await component_ready(name, process, self.urls, timeout=timeout)
+        return time.monotonic() - started
+
     def report(self) -> str:
         """Each component's log file and the errors it logged (for a failed test)."""
         lines = []
@@ -168,6 +192,37 @@ class ClusterPlatform:
             for record in process.errors()[-5:]:
                 lines.append(f"  {json.dumps(record)[:2000]}")
         return "\n".join(lines)
+
+
+async def component_ready(
+    name: str,
+    process: ComponentProcess,
+    urls: Mapping[str, str],
+    *,
+    timeout: float = START_TIMEOUT,
+) -> None:
+    """Return once a component does its work: HTTP components answer /readyz; the relay
+    publishes; the operator's engine runs (after its gate) and consumes task events; the
+    notification service consumes requests (its queue exists from then on: requests
+    published earlier would be unrouted) and runs its delivery workers."""
+    waits: list[Awaitable[object]] = []
+    if name in urls:
+        waits.append(process.wait_http_ready(f"{urls[name]}/readyz", timeout=timeout))
+    if name == "relay":
+        waits.append(process.wait_for_event("relay_started", timeout=timeout))
+    if name == "operator":
+        waits += [
+            process.wait_for_event("automation_engine_started", timeout=timeout),
+            process.wait_for_event("consumer_started", consumer=ENGINE_CONSUMER, timeout=timeout),
+        ]
+    if name == "notifications":
+        waits += [
+            process.wait_for_event(
+                "consumer_started", consumer=NOTIFICATIONS_CONSUMER, timeout=timeout
+            ),
+            process.wait_for_event("delivery_worker_started", timeout=timeout),
+        ]
+    await asyncio.gather(*waits)
 
 
 def create_database(server_url: str, name: str) -> str:
@@ -186,13 +241,17 @@ async def running_cluster(
     rabbitmq: RabbitNode,
     k8s: ControlPlane,
     workdir: Path,
+    sink: TimedSink | None = None,
 ) -> AsyncIterator[ClusterPlatform]:
-    """Start every component as its own process; stop them all (SIGTERM) afterwards."""
+    """Start every component as its own process; stop them all (SIGTERM) afterwards.
+
+    `sink` receives what the SMTP server accepts (a fresh `TimedSink` by default).
+    """
     suffix = uuid.uuid4().hex[:8]
     namespace = f"e2e-{suffix}"
     logs = workdir / "logs"
     processes: dict[str, ComponentProcess] = {}
-    sink = TimedSink()
+    sink = sink if sink is not None else TimedSink()
     smtp = SmtpServer(sink)
     database: AsyncEngine | None = None
     try:
@@ -290,20 +349,14 @@ async def running_cluster(
             token_file.chmod(0o600)
             return admin
 
-        operator, relay = processes["operator"], processes["relay"]
-        admin, *_ = await asyncio.gather(
+        admin, _ = await asyncio.gather(
             users_and_admin(),
-            *(
-                processes[name].wait_http_ready(f"{urls[name]}/readyz")
-                for name in HTTP_COMPONENTS
-                if name != "users"
-            ),
-            relay.wait_for_event("relay_started"),
-            operator.wait_for_event("automation_engine_started"),
-            operator.wait_for_event("consumer_started", consumer=ENGINE_CONSUMER),
-            # Its queue exists from then on: requests published earlier would be unrouted.
-            processes["notifications"].wait_for_event(
-                "consumer_started", consumer=NOTIFICATIONS_CONSUMER
+            asyncio.gather(
+                *(
+                    component_ready(name, process, urls)
+                    for name, process in processes.items()
+                    if name != "users"
+                )
             ),
         )
         database = create_engine(database_url, pool_size=2)

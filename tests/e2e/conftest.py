@@ -8,6 +8,7 @@ none sees another's tasks.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Generator
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +42,23 @@ async def embedded(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Em
     """One `smarttasks up` process with a fresh data folder."""
     async with running_embedded(tmp_path_factory.mktemp("e2e-embedded")) as platform:
         yield platform
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fault drill (`test_faults.py`) before the other scenarios of this package.
+
+    It loads two cores for minutes against deadlines, and the package's shared platforms,
+    once started, run until the package's last test; it restarts the session's RabbitMQ,
+    which the shared cluster would have to ride out.
+    """
+    here = Path(__file__).parent
+    e2e = [n for n, item in enumerate(items) if item.path.is_relative_to(here)]
+    if not e2e:
+        return
+    first, last = e2e[0], e2e[-1] + 1
+    block = items[first:last]
+    drill = [item for item in block if item.path.name == "test_faults.py"]
+    items[first:last] = drill + [item for item in block if item not in drill]
 
 
 @pytest.hookimpl(wrapper=True)

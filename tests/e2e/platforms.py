@@ -149,9 +149,14 @@ async def new_account(client: httpx.AsyncClient, *, name: str) -> Account:
 
 
 async def until(
-    probe: Callable[[], Any], *, timeout: float = WAIT, what: str = "the condition"
+    probe: Callable[[], Any],
+    *,
+    timeout: float = WAIT,
+    what: str = "the condition",
+    interval: float = POLL,
 ) -> Any:
-    """Await `probe()` (a coroutine function) until it returns something truthy."""
+    """Await `probe()` (a coroutine function) until it returns something truthy, trying
+    every `interval` seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -160,7 +165,7 @@ async def until(
             return last
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not met within {timeout:.0f}s (last: {last!r})")
-        await asyncio.sleep(POLL)
+        await asyncio.sleep(interval)
 
 
 async def schedule_entries(database: AsyncEngine, task_id: uuid.UUID) -> list[RowMapping]:
