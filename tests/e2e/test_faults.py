@@ -158,15 +158,6 @@ async def explain_timeouts(cluster: ClusterPlatform, sink: CountingSink) -> Asyn
         raise AssertionError(f"{exc}; pipeline: {state}") from None
 
 
-@pytest.mark.xfail(
-    raises=TooManyDuplicates,
-    reason=(
-        "a delivery worker records the outcomes of its claimed batch (up to 200) only after "
-        "sending all of it (notifications/worker.py, DeliveryWorker.run_once): killed "
-        "mid-batch, it sends again, after the lease, every email of the batch that SMTP had "
-        "already accepted"
-    ),
-)
 async def test_every_overdue_email_arrives_through_crashes_and_a_broker_restart(
     cluster: ClusterPlatform,
     rabbitmq: RabbitNode,
