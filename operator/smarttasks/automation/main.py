@@ -52,9 +52,7 @@ def attach_engine(state: OperatorState) -> None:
         priority = int(shared.resources.get(PEERING_PRIORITY_KEY, 0))
         await EngineGate(shared, api, priority=priority).wait()
         settings = EngineSettings()
-        # One task event per transaction: the handler takes its locks per event, so events
-        # of different tasks sharing a transaction can deadlock on throttled rules' rows.
-        messaging = MessagingSettings(consumer_batch_size=1)
+        messaging = MessagingSettings()
         sink = KubernetesStatusSink(api, group=API_GROUP, version=API_VERSION, plural=PLURAL)
         engine = await stack.enter_async_context(
             open_engine(settings, rules=shared.rules, sink=sink)

@@ -1,5 +1,6 @@
 """The engine's task-event handler: projection, schedule arming and event triggers, in the
-consumer runner's transaction (one session per message, acknowledged after commit)."""
+consumer runner's transaction (acknowledged after its commit; the runner's batches of
+waiting events go to `handle_batch` in one call)."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def task_event_consumer(handler: TaskEventConsumer) -> Consumer:
     consumer = Consumer(
         CONSUMER_NAME, exchange=EVENTS_EXCHANGE, inbox=inbox, dead_letters=dead_letters
     )
-    consumer.add("task.*", handler.handle, schema=TaskEvent)
+    consumer.add("task.*", handler.handle, schema=TaskEvent, batch=handler.handle_batch)
     return consumer
 
 

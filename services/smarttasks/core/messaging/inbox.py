@@ -80,14 +80,16 @@ async def apply_many(
 ) -> list[Outcome]:
     """`apply_once` for several events in one transaction: all commit or none does.
 
-    Each event still gets its inbox row and its handler call, in order; one commit (one
-    WAL flush, one session) serves them all. If any handler raises, everything rolls
+    Each event still gets its inbox row; handlers run in order, the consecutive events of
+    a route with a batch handler in one call of it. One commit (one WAL flush, one
+    session) serves them all. If any handler raises, everything rolls
     back and the caller applies the events one by one, so one bad event costs the
     others nothing but time.
     """
     outcomes: list[Outcome] = []
     async with sessions() as session:
         try:
+            applied: list[tuple[Route, Envelope[Any]]] = []
             for route, envelope in items:
                 claimed = await session.execute(
                     _claim_statement(consumer.inbox),
@@ -96,13 +98,32 @@ async def apply_many(
                 if claimed.first() is None:
                     outcomes.append(Outcome.DUPLICATE)
                     continue
-                await route.handler(session, envelope)
+                applied.append((route, envelope))
                 outcomes.append(Outcome.APPLIED)
+            for route, group in _runs(applied):
+                if route.batch_handler is not None and len(group) > 1:
+                    await route.batch_handler(session, group)
+                else:
+                    for envelope in group:
+                        await route.handler(session, envelope)
             await session.commit()
         except BaseException:
             await session.rollback()
             raise
     return outcomes
+
+
+def _runs(
+    items: Sequence[tuple[Route, Envelope[Any]]],
+) -> list[tuple[Route, list[Envelope[Any]]]]:
+    """Consecutive messages of the same route, in order."""
+    runs: list[tuple[Route, list[Envelope[Any]]]] = []
+    for route, envelope in items:
+        if runs and runs[-1][0] is route:
+            runs[-1][1].append(envelope)
+        else:
+            runs.append((route, [envelope]))
+    return runs
 
 
 @lru_cache(maxsize=64)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, TypeVar, overload
@@ -19,6 +19,8 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 Handler = Callable[[AsyncSession, Envelope[Any]], Awaitable[None]]
 ModelHandler = Callable[[AsyncSession, Envelope[ModelT]], Awaitable[None]]
 RawHandler = Callable[[AsyncSession, Envelope[Mapping[str, Any]]], Awaitable[None]]
+BatchHandler = Callable[[AsyncSession, Sequence[Envelope[Any]]], Awaitable[None]]
+"""Applies several messages of one route in one call, as the handler would one by one."""
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,150}$")
 _WORD = re.compile(r"^(\*|#|[A-Za-z0-9_-]+)$")
@@ -55,6 +57,10 @@ class Route:
     pattern: str
     handler: Handler
     schema: type[BaseModel] | None = None
+    batch_handler: BatchHandler | None = None
+    """When set, a runner that applies several messages in one transaction hands it the
+    consecutive messages of this route at once (the handler must then take its row locks
+    in an order that does not depend on the messages, or two batches can deadlock)."""
 
     def parse(self, payload: Mapping[str, Any]) -> Any:
         """The event as the handler expects it; pydantic's ValidationError when it does not fit."""
@@ -99,9 +105,17 @@ class Consumer:
     def patterns(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(route.pattern for route in self._routes))
 
-    def add(self, pattern: str, handler: Handler, *, schema: type[BaseModel] | None = None) -> None:
-        """Route messages matching `pattern` to `handler`; the first matching route wins."""
-        self._routes.append(Route(validate_pattern(pattern), handler, schema))
+    def add(
+        self,
+        pattern: str,
+        handler: Handler,
+        *,
+        schema: type[BaseModel] | None = None,
+        batch: BatchHandler | None = None,
+    ) -> None:
+        """Route messages matching `pattern` to `handler` (and batches of them to `batch`);
+        the first matching route wins."""
+        self._routes.append(Route(validate_pattern(pattern), handler, schema, batch))
 
     @overload
     def on(self, pattern: str) -> Callable[[RawHandler], RawHandler]: ...
