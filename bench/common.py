@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import socket
 import statistics
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
 def machine() -> dict[str, Any]:
@@ -61,3 +63,16 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
 
 def run(cmd: list[str], **kwargs: Any) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, **kwargs).stdout
+
+
+def write_section(section: str) -> None:
+    """Put `section` (starting with its `## Title` line) into docs/benchmarks.md, in place
+    of the section of that title or at the end."""
+    title = section.splitlines()[0]
+    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(current):
+        updated = pattern.sub(lambda _m: section.rstrip("\n") + "\n\n", current)
+    else:
+        updated = current.rstrip("\n") + "\n\n" + section
+    DOCS.write_text(updated.rstrip("\n") + "\n")

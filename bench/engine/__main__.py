@@ -47,7 +47,7 @@ import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from bench.common import machine, median, write_result
+from bench.common import machine, median, write_result, write_section
 from bench.engine import workload
 from smarttasks.automation.engine import testing
 from smarttasks.automation.engine.consumer import TaskEventConsumer, task_event_consumer
@@ -65,7 +65,6 @@ from smarttasks.core.messaging.inbox import apply_many, apply_once
 from smarttasks.gateway.embedded_db import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ROOT / "docs" / "benchmarks.md"
 TARGET_P99_MS = 250.0
 TARGET_EVENTS = 2000.0
 TARGET_RSS_MB = 300.0
@@ -456,15 +455,7 @@ def _section(r: dict[str, Any]) -> str:
 
 
 def write_docs(result: dict[str, Any]) -> None:
-    section = _section(result)
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(r"^## Engine\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _m: section + "\n", current).rstrip("\n") + "\n"
-    else:
-        updated = current.rstrip("\n") + "\n\n" + section
-    DOCS.parent.mkdir(exist_ok=True)
-    DOCS.write_text(updated)
+    write_section(_section(result))
 
 
 async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -38,11 +38,10 @@ import aio_pika
 import psycopg
 from sqlalchemy import text
 
-from bench.common import RESULTS, machine, median, write_result
+from bench.common import DOCS, RESULTS, machine, median, write_result, write_section
 from smarttasks.core.messaging.wakeup import OutboxNotifier
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = REPO / "docs" / "benchmarks.md"
 TARGET_RATE = 3000.0
 TARGET_P99_MS = 50.0
 PRODUCERS = 8
@@ -459,14 +458,7 @@ def docs_section(result: dict[str, Any]) -> str:
 
 
 def write_docs(section: str) -> None:
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(r"^## Events\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _: section + "\n", current)
-    else:
-        updated = current.rstrip("\n") + "\n\n" + section
-    DOCS.parent.mkdir(exist_ok=True)
-    DOCS.write_text(updated)
+    write_section(section)
 
 
 def fsync_rate(bin_dir: Path, workdir: Path) -> float:

@@ -18,7 +18,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import re
 import tempfile
 import time
 import uuid
@@ -34,7 +33,7 @@ import structlog
 import uvloop
 from sqlalchemy import text
 
-from bench.common import RESULTS, free_port, machine, median, write_result
+from bench.common import DOCS, RESULTS, free_port, machine, median, write_result, write_section
 from smarttasks.core import migrations
 from smarttasks.core.db import create_engine, create_sessionmaker, unit_of_work
 from smarttasks.core.events import NotificationRequested, RuleRef, TaskSnapshot
@@ -45,7 +44,6 @@ from smarttasks.notifications.directory import InProcessUserDirectory
 from smarttasks.notifications.secretrefs import SecretRef, StaticSecretResolver
 from smarttasks.notifications.settings import NotificationsSettings, SmtpSecurity
 
-DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
 SECRET = "whsec_" + base64.b64encode(b"bench-signing-key-0123456789abcd").decode()
 TARGET_EMAILS = 500.0
 TARGET_WEBHOOKS = 1000.0
@@ -278,15 +276,7 @@ def _section(result: dict[str, Any]) -> str:
 
 
 def write_docs(result: dict[str, Any]) -> None:
-    section = _section(result)
-    current = DOCS.read_text() if DOCS.exists() else "# Benchmarks\n\n"
-    pattern = re.compile(r"^## Notifications\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(current):
-        updated = pattern.sub(lambda _m: section + "\n", current).rstrip("\n") + "\n"
-    else:
-        updated = current.rstrip("\n") + "\n\n" + section
-    DOCS.parent.mkdir(exist_ok=True)
-    DOCS.write_text(updated)
+    write_section(_section(result))
 
 
 async def measure(
