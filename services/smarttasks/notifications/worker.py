@@ -223,30 +223,53 @@ Recorded = tuple[dict[str, Any], dict[str, Any]]
 
 
 class OutcomeRecorder:
-    """Commits outcomes as sends complete, in group commits.
+    """Commits outcomes as sends complete, in group commits at most every `min_interval`.
 
-    While one write runs, outcomes that complete meanwhile wait and go together in the
-    next one, so the database sees one transaction per round trip rather than one per
-    message, and at any moment only the outcomes of the last round trip are unrecorded.
-    A failed write drops its outcomes (their rows come back when the lease ends, and are
+    An outcome is written at once when no write happened in the last `min_interval`
+    seconds; otherwise it waits for the next write, which starts when the interval has
+    passed or `max_group` outcomes wait. So the database sees at most one transaction per
+    interval rather than one per message, and at any moment only the outcomes of the last
+    interval and round trip are unrecorded: what a worker killed then sends again. A
+    failed write drops its outcomes (their rows come back when the lease ends, and are
     sent again) and is raised by `raise_failure` or `drain`.
     """
 
-    def __init__(self, write: Callable[[Sequence[Recorded]], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        write: Callable[[Sequence[Recorded]], Awaitable[None]],
+        *,
+        min_interval: float = 0.02,
+        max_group: int = 100,
+    ) -> None:
         self._write = write
+        self._min_interval = min_interval
+        self._max_group = max_group
         self._pending: list[Recorded] = []
         self._writing: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._next_write = 0.0
+        self._now = asyncio.get_running_loop().time
+        self._hurry = asyncio.Event()
 
     def add(self, outcome: Recorded) -> None:
         self._pending.append(outcome)
+        if len(self._pending) >= self._max_group:
+            self._hurry.set()
         if self._writing is None:
             self._writing = asyncio.create_task(self._write_pending())
 
     async def _write_pending(self) -> None:
         try:
             while self._pending:
+                wait = self._next_write - self._now()
+                if wait > 0 and not self._hurry.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._hurry.wait()
+                if len(self._pending) < self._max_group:
+                    self._hurry.clear()
                 batch, self._pending = self._pending, []
+                self._next_write = self._now() + self._min_interval
                 await self._write(batch)
         except Exception as exc:
             self._pending = []
@@ -260,9 +283,11 @@ class OutcomeRecorder:
             raise failure
 
     async def drain(self) -> None:
-        """Wait until every outcome added so far is written (or its write failed)."""
+        """Write every outcome added so far now (or fail to), and wait for it."""
         while self._writing is not None:
+            self._hurry.set()
             await asyncio.shield(self._writing)
+        self._hurry.clear()
         self.raise_failure()
 
 
