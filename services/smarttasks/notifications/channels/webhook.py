@@ -196,14 +196,26 @@ class WebhookChannel:
                     await _drain(response)
                 finally:
                     await response.aclose()
-        except (httpx.TimeoutException, TimeoutError):
+        except (httpx.TransportError, TimeoutError) as exc:
             if code is None:
-                return Result.temporary(f"no response within {self._timeout:g} s")
-        except httpx.TransportError as exc:
-            if code is None:
-                return Result.temporary(f"{type(exc).__name__}: {exc or 'connection failed'}")
+                return Result.temporary(_describe_failure(self._timeout, exc))
         # Once the status is known, how the answer's body ended does not change the outcome.
         return _outcome(code, retry_after)
+
+
+def _describe_failure(timeout: float, exc: Exception) -> str:
+    """What went wrong before an answer came, in the words of the error that caused it.
+
+    A transport may report a connection the receiver dropped as an httpx timeout (the
+    aiohttp transport maps every connection error so); only a real timeout says so.
+    """
+    cause = exc.__cause__
+    if isinstance(exc, TimeoutError) or isinstance(cause, TimeoutError):
+        return f"no response within {timeout:g} s"
+    if isinstance(exc, httpx.TimeoutException) and cause is None:
+        return f"no response within {timeout:g} s"
+    error = cause if isinstance(cause, Exception) else exc
+    return f"{type(error).__name__}: {error or 'connection failed'}"
 
 
 def _outcome(code: int, retry_after: float | None) -> Result:
