@@ -96,6 +96,8 @@ class ClusterPlatform:
     smtp: TimedSink
     database: AsyncEngine
     admin: Account
+    metrics_urls: dict[str, str] = field(default_factory=dict)
+    """Prometheus endpoints of the processes that serve no API (relay, operator)."""
     name: str = "cluster"
     _rules: dict[str, Rule] = field(default_factory=dict)
 
@@ -287,6 +289,7 @@ async def running_cluster(
             "amqp_reconnect_seconds": "0.5",
             "consumer_retry_delays_seconds": "0.5,1",
         }
+        metrics_ports = {"relay": free_port(), "operator": free_port()}
         token_file = workdir / "users-api-token"
         environments: dict[str, dict[str, str]] = {
             "users": component_env(
@@ -309,7 +312,7 @@ async def running_cluster(
                 webhook_allow_private="true",
                 KUBECONFIG=str(k8s.kubeconfig),
             ),
-            "relay": component_env(**common, **messaging, metrics_port=str(free_port())),
+            "relay": component_env(**common, **messaging, metrics_port=str(metrics_ports["relay"])),
             "operator": component_env(
                 **common,
                 **messaging,
@@ -317,6 +320,7 @@ async def running_cluster(
                 operator_namespaces=namespace,
                 operator_peering_mode="standalone",
                 operator_liveness_port=str(free_port()),
+                metrics_port=str(metrics_ports["operator"]),
                 engine_status_interval_seconds=STATUS_INTERVAL,
             ),
         }
@@ -368,6 +372,9 @@ async def running_cluster(
             smtp=sink,
             database=database,
             admin=admin,
+            metrics_urls={
+                name: f"http://127.0.0.1:{port}/metrics" for name, port in metrics_ports.items()
+            },
         )
     finally:
         operator_process = processes.get("operator")

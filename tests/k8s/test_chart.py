@@ -668,10 +668,28 @@ def test_service_monitor_scrapes_every_component() -> None:
     monitor = of_kind(objects, "ServiceMonitor")["smarttasks"]
     selected = monitor["spec"]["selector"]["matchExpressions"][0]["values"]
 
-    assert sorted(selected) == sorted(set(COMPONENTS) - {"operator"})  # kopf has no /metrics
+    assert sorted(selected) == sorted(COMPONENTS)
+    scrape = {"path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}
+    drop_operator = {
+        "sourceLabels": ["__meta_kubernetes_service_label_app_kubernetes_io_component"],
+        "regex": "operator",
+        "action": "drop",
+    }
+    # `http` everywhere but on the operator (kopf's liveness port); its own `metrics` port.
     assert monitor["spec"]["endpoints"] == [
-        {"port": "http", "path": "/metrics", "interval": "15s", "scrapeTimeout": "5s"}
+        {"port": "http", **scrape, "relabelings": [drop_operator]},
+        {"port": "metrics", **scrape},
     ]
+    service = of_kind(objects, "Service")["smarttasks-operator"]
+    assert {"name": "metrics", "port": 9102, "targetPort": "metrics", "protocol": "TCP"} in (
+        service["spec"]["ports"]
+    )
+    [container] = of_kind(objects, "Deployment")["smarttasks-operator"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert {"name": "metrics", "containerPort": 9102, "protocol": "TCP"} in container["ports"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SMARTTASKS_METRICS_PORT"] == "9102"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert of_kind(render(), "ServiceMonitor") == {}
 

@@ -75,6 +75,8 @@ PodDisruptionBudget. The `<component>-<kind>.yaml` templates call these.
   value: {{ include "smarttasks.peeringName" .root | quote }}
 - name: SMARTTASKS_OPERATOR_LIVENESS_PORT
   value: {{ $o.port | quote }}
+- name: SMARTTASKS_METRICS_PORT
+  value: {{ $o.metricsPort | quote }}
 # kopf names itself in the peering object by this (the pod name).
 - name: POD_ID
   valueFrom:
@@ -171,6 +173,11 @@ spec:
             - name: http
               containerPort: {{ $c.port }}
               protocol: TCP
+            {{- if eq .name "operator" }}
+            - name: metrics
+              containerPort: {{ $c.metricsPort }}
+              protocol: TCP
+            {{- end }}
           env:
             {{- include "smarttasks.commonEnv" $root | nindent 12 }}
             {{- include (printf "smarttasks.env.%s" .name) . | nindent 12 }}
@@ -265,6 +272,12 @@ spec:
       port: {{ $c.service.port }}
       targetPort: http
       protocol: TCP
+    {{- if eq .name "operator" }}
+    - name: metrics
+      port: {{ $c.metricsPort }}
+      targetPort: metrics
+      protocol: TCP
+    {{- end }}
 {{- end }}
 
 {{- define "smarttasks.serviceAccount" -}}

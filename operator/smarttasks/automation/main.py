@@ -150,6 +150,10 @@ def main() -> int:
     """Entry point of ``smarttasks run operator``."""
     config = OperatorSettings()
     configure_logging(json=config.json_logs, level=config.log_level)
+    if config.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port)
     asyncio.run(run_operator(config))
     return 0
 

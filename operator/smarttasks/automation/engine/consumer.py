@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from smarttasks.automation.engine import projection
+from smarttasks.automation.engine import metrics, projection
 from smarttasks.automation.engine.firings import record_firings
 from smarttasks.automation.engine.model import Firing, RuleSource
 from smarttasks.automation.engine.status import StatusTracker
@@ -88,6 +88,7 @@ class TaskEventConsumer:
             touched = [r.firing.rule.ref for r in recorded]
 
             def committed(_session: Any) -> None:
+                metrics.observe(recorded)
                 tracker.touched(touched)
                 for rule, message_ in errors:
                     tracker.error(rule.ref, message_)

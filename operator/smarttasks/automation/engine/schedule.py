@@ -22,7 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from smarttasks.automation.engine import digest, projection
+from smarttasks.automation.engine import digest, metrics, projection
 from smarttasks.automation.engine.cron import latest_due
 from smarttasks.automation.engine.firings import Recorded, record_firings
 from smarttasks.automation.engine.model import OPEN_STATUSES, Firing, RuleSource
@@ -315,6 +315,7 @@ class Scheduler:
         for rule, message in errors:
             self._tracker.error(rule.ref, message)
         if recorded:
+            metrics.observe(recorded)
             self._tracker.touched(r.firing.rule.ref for r in recorded)
             for listener in self.listeners:
                 listener(recorded)
