@@ -252,6 +252,41 @@ def dead_letter_table(metadata: MetaData, name: str = "dead_letters") -> Table:
     )
 
 
+def create_outbox_table(schema: str) -> None:
+    """In a migration: the `outbox` table of a producing service and its unsent-rows index.
+
+    The same table as `outbox_table()` describes.
+    """
+    import sqlalchemy as sa
+    from alembic import op
+    from sqlalchemy.dialects import postgresql
+
+    op.create_table(
+        "outbox",
+        sa.Column("seq", sa.BigInteger(), sa.Identity(always=True), nullable=False),
+        sa.Column("event_id", sa.Uuid(), nullable=False),
+        sa.Column("exchange", sa.String(100), nullable=False),
+        sa.Column("routing_key", sa.String(100), nullable=False),
+        sa.Column("aggregate_id", sa.Uuid(), nullable=True),
+        sa.Column("payload", postgresql.JSONB(), nullable=False),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("attempts", sa.BigInteger(), nullable=False, server_default="0"),
+        sa.PrimaryKeyConstraint("seq", name="pk_outbox"),
+        sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
+        schema=schema,
+    )
+    op.create_index(
+        "ix_outbox_unsent",
+        "outbox",
+        ["seq"],
+        schema=schema,
+        postgresql_where=sa.text("sent_at IS NULL"),
+    )
+
+
 def create_consumer_tables(schema: str) -> None:
     """In a migration: the `inbox` and `dead_letters` tables of a consuming service.
 

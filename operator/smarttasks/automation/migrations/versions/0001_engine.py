@@ -13,6 +13,7 @@ from sqlalchemy.dialects import postgresql
 
 from smarttasks.core.outbox import (
     create_consumer_tables,
+    create_outbox_table,
     outbox_notify_ddl,
     outbox_notify_drop_ddl,
 )
@@ -135,30 +136,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("rule_uid", "shard", name="pk_rule_stats"),
         schema=SCHEMA,
     )
-    op.create_table(
-        "outbox",
-        sa.Column("seq", sa.BigInteger(), sa.Identity(always=True), nullable=False),
-        sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("exchange", sa.String(100), nullable=False),
-        sa.Column("routing_key", sa.String(100), nullable=False),
-        sa.Column("aggregate_id", sa.Uuid(), nullable=True),
-        sa.Column("payload", postgresql.JSONB(), nullable=False),
-        sa.Column(
-            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        ),
-        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("attempts", sa.BigInteger(), nullable=False, server_default="0"),
-        sa.PrimaryKeyConstraint("seq", name="pk_outbox"),
-        sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
-        schema=SCHEMA,
-    )
-    op.create_index(
-        "ix_outbox_unsent",
-        "outbox",
-        ["seq"],
-        schema=SCHEMA,
-        postgresql_where=sa.text("sent_at IS NULL"),
-    )
+    create_outbox_table(SCHEMA)
 
     op.create_index(
         "ix_outbox_unsent_aggregate",

@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from smarttasks.core.outbox import create_outbox_table
+
 revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
@@ -54,30 +56,7 @@ def upgrade() -> None:
     op.create_index("ix_tasks_created", "tasks", ["created_at", "id"], schema=SCHEMA)
     op.create_index("ix_tasks_due", "tasks", ["due_at", "id"], schema=SCHEMA)
     op.create_index("ix_tasks_labels", "tasks", ["labels"], schema=SCHEMA, postgresql_using="gin")
-    op.create_table(
-        "outbox",
-        sa.Column("seq", sa.BigInteger(), sa.Identity(always=True), nullable=False),
-        sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("exchange", sa.String(100), nullable=False),
-        sa.Column("routing_key", sa.String(100), nullable=False),
-        sa.Column("aggregate_id", sa.Uuid(), nullable=True),
-        sa.Column("payload", postgresql.JSONB(), nullable=False),
-        sa.Column(
-            "created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
-        ),
-        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("attempts", sa.BigInteger(), nullable=False, server_default="0"),
-        sa.PrimaryKeyConstraint("seq", name="pk_outbox"),
-        sa.UniqueConstraint("event_id", name="uq_outbox_event_id"),
-        schema=SCHEMA,
-    )
-    op.create_index(
-        "ix_outbox_unsent",
-        "outbox",
-        ["seq"],
-        schema=SCHEMA,
-        postgresql_where=sa.text("sent_at IS NULL"),
-    )
+    create_outbox_table(SCHEMA)
 
 
 def downgrade() -> None:
