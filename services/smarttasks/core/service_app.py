@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 
@@ -14,6 +14,9 @@ from smarttasks.core.messaging.wakeup import notifying_relays
 from smarttasks.core.settings import ServiceSettings
 
 StateSetup = Callable[[FastAPI], None]
+Background = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+"""Work that runs beside the API for the app's life (workers, consumers): entered once the
+state is set up, left before the database engine is disposed."""
 
 
 def create_service_app(
@@ -23,10 +26,12 @@ def create_service_app(
     settings: ServiceSettings,
     routers: Sequence[APIRouter],
     setup: StateSetup | None = None,
+    background: Background | None = None,
 ) -> FastAPI:
     """The standard shell around a component's routers, for cluster mode.
 
-    `setup` adds component state (and may replace the verifier, as the users service does).
+    `setup` adds component state (and may replace the verifier, as the users service does);
+    `background` runs beside the API (the notification service's consumer and workers).
     """
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
 
@@ -45,9 +50,15 @@ def create_service_app(
         if setup is not None:
             setup(app)
         # Commits that add outbox rows wake the relays (a no-op for services without one).
-        async with notifying_relays(engine):
-            yield
-        await engine.dispose()
+        try:
+            async with notifying_relays(engine):
+                if background is None:
+                    yield
+                else:
+                    async with background(app):
+                        yield
+        finally:
+            await engine.dispose()
 
     return create_app(
         service=service, title=title, routers=routers, readiness=[database], lifespan=lifespan

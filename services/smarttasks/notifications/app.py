@@ -13,10 +13,8 @@ import structlog
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from smarttasks.core.auth import RemoteJWKS, TokenVerifier
-from smarttasks.core.db import create_engine, create_sessionmaker, ping
-from smarttasks.core.http import create_app
 from smarttasks.core.messaging import ConsumerRunner, MessagingSettings
+from smarttasks.core.service_app import create_service_app
 from smarttasks.notifications.channels import build_channels
 from smarttasks.notifications.consumers import notification_consumer
 from smarttasks.notifications.directory import (
@@ -148,26 +146,16 @@ def create_notifications_app(
     directory: UserDirectory | None = None,
     secrets: SecretResolver | None = None,
 ) -> FastAPI:
-    """The notification service as its own deployable: delivery log API plus workers."""
-    engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
-
-    async def database() -> None:
-        await ping(engine)
+    """The notification service as its own deployable: delivery log API plus the consumer
+    of notification requests and the delivery workers."""
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.engine = engine
-        app.state.sessions = create_sessionmaker(engine)
-        app.state.verifier = TokenVerifier(
-            RemoteJWKS(settings.jwks_url, cache_seconds=settings.jwks_cache_seconds),
-            issuer=settings.jwt_issuer,
-            audience=settings.jwt_audience,
-        )
+    async def background(app: FastAPI) -> AsyncIterator[None]:
         users = directory or build_directory(settings)
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if settings.consumer_enabled:
-                    await stack.enter_async_context(request_consumer(engine))
+                    await stack.enter_async_context(request_consumer(app.state.engine))
                 if settings.worker_enabled and settings.worker_count:
                     app.state.delivery_workers = await stack.enter_async_context(
                         delivery_workers(
@@ -178,12 +166,11 @@ def create_notifications_app(
         finally:
             if isinstance(users, HttpUserDirectory) and directory is None:
                 await users.aclose()
-            await engine.dispose()
 
-    return create_app(
+    return create_service_app(
         service="notifications",
         title="SmartTasks notifications",
+        settings=settings,
         routers=ROUTERS,
-        readiness=[database],
-        lifespan=lifespan,
+        background=background,
     )
