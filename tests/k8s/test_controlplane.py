@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.availability import unavailable
 from tests.fixtures.k8s import (
     BUILD_SCRIPT,
     ControlPlane,
     controlplane_bin_dir,
     require_controlplane,
-    unavailable,
 )
 
 pytestmark = pytest.mark.k8s
@@ -80,7 +80,7 @@ def test_missing_control_plane_skips_locally_and_fails_in_ci(
     monkeypatch.setenv("CI", ci)
 
     with pytest.raises(outcome, match="no Go"):
-        unavailable("no Go toolchain")
+        unavailable("k8s", "no Go toolchain")
 
 
 def test_server_reports_the_release_version(k8s: ControlPlane) -> None:
