@@ -1,6 +1,7 @@
 """Fault drill: ten thousand deadlines fall due within two minutes while the operator, the
 notification service and the relay are each killed (SIGKILL) and restarted, and RabbitMQ is
-stopped and started; every overdue email still arrives, with at most one duplicate per fault.
+stopped and started; every overdue email still arrives, with at most one duplicate per fault
+(one per SMTP connection for the notification service's kill: see MAX_DUPLICATES).
 
 Each fault waits until the engine has fired a share of the tasks, so it strikes while
 deadlines fall due and deliveries flow. The drill runs on a cluster of its own, before the
@@ -64,6 +65,12 @@ FAULTS = (
 )
 """What fails, once each, when the engine has fired that share of the tasks (or that share
 of the deadlines has passed): while deadlines fall due and deliveries flow."""
+SMTP_CONNECTIONS = int(NotificationsSettings.model_fields["smtp_pool_size"].default)
+MAX_DUPLICATES = len(FAULTS) - 1 + SMTP_CONNECTIONS
+"""A fault may cost one duplicate email, except the notification service's kill: each of
+its SMTP connections may have had a message accepted by the server whose outcome the
+killed process had not yet recorded, and that message is sent again. Two runs measured 4
+(one per connection); the exact count is printed and recorded."""
 BROKER = "rabbitmq"
 LEASE = float(NotificationsSettings.model_fields["worker_lease_seconds"].default)
 """Deliveries a killed worker had claimed are sent again when their lease ends."""
@@ -77,7 +84,7 @@ SUBJECT = re.compile(r"^Overdue (?P<task>[0-9a-f-]{36})$")
 
 
 class TooManyDuplicates(AssertionError):
-    """More emails were sent twice than there were faults."""
+    """More emails were sent twice than the faults can explain (see MAX_DUPLICATES)."""
 
 
 @dataclass
@@ -340,5 +347,8 @@ async def test_every_overdue_email_arrives_through_crashes_and_a_broker_restart(
     for task_id, arrivals in by_task.items():
         assert {a.recipients for a in arrivals} == {(tasks[task_id].owner,)}, arrivals
         assert len({a.message_id for a in arrivals}) == 1, arrivals
-    if duplicates > len(FAULTS):
-        raise TooManyDuplicates(f"{duplicates} duplicate emails for {len(FAULTS)} faults")
+    if duplicates > MAX_DUPLICATES:
+        raise TooManyDuplicates(
+            f"{duplicates} duplicate emails for {len(FAULTS)} faults "
+            f"(at most {MAX_DUPLICATES} with {SMTP_CONNECTIONS} SMTP connections)"
+        )
