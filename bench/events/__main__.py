@@ -406,13 +406,14 @@ def docs_section(result: dict[str, Any]) -> str:
             "From an event's commit into an outbox table (its own transaction, 8 concurrent "
             "producers) through the relay process (publisher confirms, batches of "
             f"{result['batch']}) and RabbitMQ (quorum queue) to the commit of a consumer "
-            f"process (`ConsumerRunner`, {result['concurrency']} lanes: one session per "
-            "message, inbox row, one insert by the handler). PostgreSQL and RabbitMQ run "
+            f"process (`ConsumerRunner`, {result['concurrency']} lanes; the messages waiting "
+            "in a lane, up to 20, share a transaction, each with its inbox row and the "
+            "handler's insert). PostgreSQL and RabbitMQ run "
             "locally with their default durability (a WAL flush on every commit).",
             "",
             f"- Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python "
             f"{m['python']}; {m['date']}. Load average {load['start']:.1f} at the start and "
-            f"{load['end']:.1f} at the end: the cores were shared with other builds.",
+            f"{load['end']:.1f} at the end (this benchmark's own processes included).",
             f"- Disk: {result['fsync_per_s']:,.0f} fdatasync/s (`pg_test_fsync`).",
             "",
             "| measure | result | target |",
@@ -438,11 +439,12 @@ def docs_section(result: dict[str, Any]) -> str:
             "end to end is out of reach here whatever the relay and consumer do. Within the "
             "pipeline the consumer is the bottleneck: it is CPU-bound at "
             f"{s['consumer_cpu_ms_per_event']:.1f} ms of CPU per event (≈ {consumer_cap:,.0f} "
-            "events/s per core if it had one to itself). Most of it is the per-message unit "
-            "of work the design asks for — a SQLAlchemy session, pool check-out with "
-            "pre-ping, the inbox insert, the handler's insert and the commit, several "
-            "database round trips each through asyncio and the greenlet bridge — and the "
-            "rest is receiving and acknowledging each message; "
+            "events/s per core if it had one to itself). Most of it is per-message work the "
+            "design asks for — receiving, decoding and acknowledging each message, its inbox "
+            "insert and the handler's insert through SQLAlchemy (each a round trip through "
+            "asyncio and the greenlet bridge) — plus a session, pool check-out and commit "
+            "per transaction, which a lane shares only among the messages already waiting "
+            "in it; "
             "the relay needs only "
             f"{s['relay_cpu_ms_per_event']:.2f} ms per event thanks to batching and pipelined "
             "confirms. The two cores are also shared by PostgreSQL, RabbitMQ, the relay and "
@@ -451,7 +453,7 @@ def docs_section(result: dict[str, Any]) -> str:
             "consumer sustains, latency is queueing time and grows with the run; at "
             f"{s['low_rate_offered_rate']:,.0f} events/s, which this machine sustains, the "
             "latency is what a NOTIFY-woken relay, a publish with confirm and a consumer "
-            "commit add (its p99 includes the CPU contention with the other builds).",
+            "commit add (its p99 includes the CPU contention between those processes).",
             "",
         ]
     )

@@ -251,8 +251,9 @@ def _section(result: dict[str, Any]) -> str:
         f"Python {m['python']}; median of {result['runs']} runs "
         f"({e['count']} emails, {w['count']} webhooks per run).",
         "",
-        f"Load average when the run ended: {result['load']} (other builds share the machine; "
-        "figures move with it, the ratio and the CPU per delivery less so).",
+        f"Load average when the run ended: {result['load']} (the benchmark's own processes "
+        "included; with other work on the machine the rates move, the ratio and the CPU per "
+        "delivery less so).",
         "",
         "| what | service | CPU per delivery | reference | service / reference "
         "(median of runs) | target | |",
