@@ -7,6 +7,7 @@ import uuid
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -33,6 +34,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import Insert
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -72,14 +74,21 @@ async def add_to_outbox(
     payload: dict[str, Any] = message.model_dump(mode="json")
     outbox_written(session, qualified_name(table))
     await session.execute(
-        insert(table).values(
-            event_id=event_id,
-            exchange=exchange,
-            routing_key=routing_key,
-            aggregate_id=aggregate_id,
-            payload=payload,
-        )
+        _insert_statement(table),
+        {
+            "event_id": event_id,
+            "exchange": exchange,
+            "routing_key": routing_key,
+            "aggregate_id": aggregate_id,
+            "payload": payload,
+        },
     )
+
+
+@lru_cache(maxsize=64)
+def _insert_statement(table: Table) -> Insert:
+    # Built once per table: a statement made per call costs more than the insert itself.
+    return insert(table)
 
 
 def outbox_written(session: AsyncSession, outbox: str) -> None:
