@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from smarttasks.core.errors import COMMON_ERRORS, install_error_handlers, problem
-from smarttasks.core.metrics import MetricsMiddleware, metrics_endpoint
+from smarttasks.core.metrics import SHED, MetricsMiddleware, metrics_endpoint
 
 log = structlog.get_logger()
 
@@ -139,6 +139,45 @@ def probes_router(checks: Sequence[ReadinessCheck]) -> APIRouter:
     return router
 
 
+class InFlightLimitMiddleware:
+    """Answers 503 with `Retry-After` once `limit` requests are in progress, rather than
+    queueing without bound: past what its cores give it a process would otherwise answer
+    minutes late, and every request would fail its client's timeout. Probes and metrics
+    are never refused (a busy process is not a dead one)."""
+
+    def __init__(
+        self, app: ASGIApp, *, service: str, limit: int, retry_after_seconds: int = 1
+    ) -> None:
+        self.app = app
+        self.service = service
+        self.limit = limit
+        self.retry_after = str(retry_after_seconds)
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path", "") in _NEVER_SHED:
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            SHED.labels(self.service).inc()
+            response = problem(
+                503,
+                "Service Unavailable",
+                f"The service is busy ({self.limit} requests in progress); retry shortly.",
+                headers={"Retry-After": self.retry_after},
+            )
+            await response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+
+_NEVER_SHED = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
 def create_app(
     *,
     service: str,
@@ -148,8 +187,13 @@ def create_app(
     lifespan: Any = None,
     version: str = "0.1.0",
     description: str = "",
+    max_in_flight: int = 0,
 ) -> FastAPI:
-    """A FastAPI app with the shared shell around the given routers."""
+    """A FastAPI app with the shared shell around the given routers.
+
+    `max_in_flight` (0: no limit) is how many requests it serves at once before answering
+    503 (see `InFlightLimitMiddleware`).
+    """
     app = FastAPI(title=title, version=version, description=description, lifespan=lifespan)
     install_error_handlers(app)
     for router in routers:
@@ -157,6 +201,8 @@ def create_app(
     app.include_router(probes_router(readiness))
     app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
     app.add_middleware(BodySizeLimitMiddleware)
+    if max_in_flight:
+        app.add_middleware(InFlightLimitMiddleware, service=service, limit=max_in_flight)
     app.add_middleware(MetricsMiddleware, service=service)
     app.add_middleware(RequestContextMiddleware, service=service)
     return app

@@ -14,6 +14,11 @@ REQUESTS = Counter(
     "HTTP requests handled, by service, method, route template and status code.",
     ["service", "method", "route", "status"],
 )
+SHED = Counter(
+    "smarttasks_http_shed_total",
+    "Requests refused with 503 because the process had its limit of requests in progress.",
+    ["service"],
+)
 LATENCY = Histogram(
     "smarttasks_http_request_duration_seconds",
     "Time from request received to response sent.",

@@ -61,5 +61,10 @@ def create_service_app(
             await engine.dispose()
 
     return create_app(
-        service=service, title=title, routers=routers, readiness=[database], lifespan=lifespan
+        service=service,
+        title=title,
+        routers=routers,
+        readiness=[database],
+        lifespan=lifespan,
+        max_in_flight=settings.http_max_in_flight,
     )

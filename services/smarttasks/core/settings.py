@@ -44,6 +44,15 @@ class ServiceSettings(BaseSettings):
         default="",
         description="Where the users service publishes its JWKS; empty in embedded mode.",
     )
+    http_max_in_flight: int = Field(
+        default=200,
+        ge=0,
+        le=100_000,
+        description=(
+            "Requests one process serves at once; more are answered 503 with Retry-After "
+            "instead of queueing without bound. 0: no limit."
+        ),
+    )
     jwks_cache_seconds: int = Field(
         default=300, ge=1, description="How long fetched signing keys are trusted before refetch."
     )

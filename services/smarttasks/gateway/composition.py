@@ -146,4 +146,5 @@ def create_embedded_app(
         routers=routers,
         readiness=[database],
         lifespan=lifespan,
+        max_in_flight=settings.http_max_in_flight,
     )

@@ -84,6 +84,7 @@ def create_rules_app(
         ),
         routers=ROUTERS,
         lifespan=lifespan,
+        max_in_flight=settings.http_max_in_flight,
     )
 
 
