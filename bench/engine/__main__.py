@@ -62,6 +62,7 @@ from smarttasks.core.db import create_engine, create_sessionmaker, unit_of_work
 from smarttasks.core.events import EVENTS_EXCHANGE, TaskEvent
 from smarttasks.core.messaging.envelope import Envelope
 from smarttasks.core.messaging.inbox import apply_many, apply_once
+from smarttasks.core.messaging.settings import MessagingSettings
 from smarttasks.gateway.embedded_db import EmbeddedPostgres
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -70,7 +71,9 @@ TARGET_EVENTS = 2000.0
 TARGET_RSS_MB = 300.0
 FULL_WINDOW = 600.0
 SECTIONS = ("latency", "throughput", "memory")
-LANES = 8  # the consumer runner's default concurrency
+_MESSAGING_DEFAULTS = MessagingSettings.model_fields
+LANES = int(_MESSAGING_DEFAULTS["consumer_concurrency"].default)
+"""As many lanes as the consumer runner has by default."""
 
 
 def quiet() -> None:
@@ -562,7 +565,10 @@ def main() -> int:
     parser.add_argument("--deadlines", type=int, default=1_000_000, help="memory: deadlines")
     parser.add_argument("--memory-seconds", type=float, default=15.0)
     parser.add_argument(
-        "--batch", type=int, default=20, help="events per transaction (runner, handle_batch)"
+        "--batch",
+        type=int,
+        default=int(_MESSAGING_DEFAULTS["consumer_batch_size"].default),
+        help="events per transaction (runner, handle_batch)",
     )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(

@@ -69,23 +69,16 @@ class CountingSink(TimedSink):
         self.changed.set()
         return "250 2.0.0 Accepted"
 
-    async def wait_count(
-        self, count: int, *, timeout: float, what: str, distinct: bool = False
-    ) -> None:
-        """Return once at least `count` messages (with `distinct`: Message-IDs) arrived."""
-
-        def seen() -> int:
-            return len(self.message_ids) if distinct else len(self.received)
-
+    async def wait_distinct(self, count: int, *, timeout: float, what: str) -> None:
+        """Return once messages with at least `count` distinct Message-IDs arrived."""
         try:
             async with asyncio.timeout(timeout):
-                while seen() < count:
+                while len(self.message_ids) < count:
                     self.changed.clear()
                     await self.changed.wait()
         except TimeoutError:
             raise TimeoutError(
-                f"{what}: {seen()} of {count} {'Message-IDs' if distinct else 'messages'} "
-                f"within {timeout:.0f}s"
+                f"{what}: {len(self.message_ids)} of {count} Message-IDs within {timeout:.0f}s"
             ) from None
 
 

@@ -249,11 +249,8 @@ async def test_every_overdue_email_arrives_through_crashes_and_a_broker_restart(
 
         # Every notification arrives; the killed worker's leased deliveries come back last.
         settle_by = max(last_due, killed_workers_at + LEASE) + SETTLE
-        await sink.wait_count(
-            TASKS,
-            timeout=max(settle_by - time.time(), 0.0),
-            what="distinct emails",
-            distinct=True,
+        await sink.wait_distinct(
+            TASKS, timeout=max(settle_by - time.time(), 0.0), what="distinct emails"
         )
 
         async def settled() -> list[tuple[Any, ...]] | None:

@@ -8,14 +8,15 @@ import json
 import uuid
 from typing import Any
 
-import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from smarttasks.core.events import NotificationRequested
 from smarttasks.notifications.channels import OutboundMessage, Outcome
+from smarttasks.notifications.channels.factory import webhook_transport
 from smarttasks.notifications.channels.webhook import WebhookChannel
 from smarttasks.notifications.secretrefs import SecretRef, StaticSecretResolver
+from smarttasks.notifications.settings import NotificationsSettings
 from tests.fixtures.smtp import Harness, notification, snapshot
 from tests.fixtures.webhook import HANG, WebhookReceiver
 
@@ -272,7 +273,9 @@ class CountingReceiver:
 async def test_connections_are_kept_open_unless_the_answer_is_long(
     answer_bytes: int, reused: bool
 ) -> None:
-    async with CountingReceiver(answer_bytes) as receiver, httpx.AsyncHTTPTransport() as transport:
+    # The transport the service sends with (aiohttp's pool, no cookie jar).
+    settings = NotificationsSettings(webhook_allow_private=True)
+    async with CountingReceiver(answer_bytes) as receiver, webhook_transport(settings) as transport:
         channel = WebhookChannel(
             transport=transport, secrets=StaticSecretResolver(), allow_private=True
         )

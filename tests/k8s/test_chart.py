@@ -684,12 +684,10 @@ def test_service_monitor_scrapes_every_component() -> None:
     assert {"name": "metrics", "port": 9102, "targetPort": "metrics", "protocol": "TCP"} in (
         service["spec"]["ports"]
     )
-    [container] = of_kind(objects, "Deployment")["smarttasks-operator"]["spec"]["template"]["spec"][
-        "containers"
-    ]
+    operator = of_kind(objects, "Deployment")["smarttasks-operator"]
+    [container] = operator["spec"]["template"]["spec"]["containers"]
     assert {"name": "metrics", "containerPort": 9102, "protocol": "TCP"} in container["ports"]
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["SMARTTASKS_METRICS_PORT"] == "9102"
+    assert _env(operator)["SMARTTASKS_METRICS_PORT"] == "9102"
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert of_kind(render(), "ServiceMonitor") == {}
 

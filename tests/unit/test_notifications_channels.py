@@ -18,8 +18,8 @@ from smarttasks.notifications.channels import OutboundMessage, Outcome
 from smarttasks.notifications.channels.email import SmtpChannel
 from smarttasks.notifications.channels.eml import EmlFileChannel
 from smarttasks.notifications.channels.mime import (
+    Composer,
     InvalidEmail,
-    compose,
     parse_address,
     parse_mailbox,
 )
@@ -76,10 +76,8 @@ def test_malformed_secrets_are_refused(secret: str) -> None:
 
 
 def test_compose_encodes_non_ascii_and_derives_message_id() -> None:
-    composed = compose(
-        message(subject="Größe\r\nX-Evil: 1", to_name="Zoë\nBcc: x@y.z"),
-        sender=SENDER,
-        message_id_domain="example.org",
+    composed = Composer(sender=SENDER, message_id_domain="example.org").compose(
+        message(subject="Größe\r\nX-Evil: 1", to_name="Zoë\nBcc: x@y.z")
     )
     headers = composed.data.split(b"\r\n\r\n", 1)[0]
     assert headers.isascii()

@@ -18,6 +18,8 @@ from smarttasks.automation import API_GROUP, API_VERSION, PLURAL
 from smarttasks.automation.handlers import MEMO_KEY, OperatorState, registry
 from smarttasks.automation.operator_settings import OperatorSettings, kopf_settings
 from smarttasks.core.logging import configure_logging
+from smarttasks.core.messaging import MessagingSettings
+from smarttasks.core.metrics import serve_metrics
 
 log = structlog.get_logger()
 
@@ -150,10 +152,8 @@ def main() -> int:
     """Entry point of ``smarttasks run operator``."""
     config = OperatorSettings()
     configure_logging(json=config.json_logs, level=config.log_level)
-    if config.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(config.metrics_port)
+    # The engine's and its consumer's metrics; the port is the messaging settings' one.
+    serve_metrics(MessagingSettings().metrics_port)
     asyncio.run(run_operator(config))
     return 0
 

@@ -146,15 +146,6 @@ class OperatorSettings(ServiceSettings):
             "Port of the liveness endpoint (/healthz) for the pod's probe; unset disables it."
         ),
     )
-    metrics_port: int = Field(
-        default=9102,
-        ge=0,
-        le=65535,
-        description=(
-            "Port of the Prometheus endpoint (/metrics) of the operator process: the "
-            "engine's consumer and relay wake-up metrics; 0 turns it off."
-        ),
-    )
     operator_engine_enabled: bool = Field(
         default=True,
         description=(

@@ -76,6 +76,10 @@ class RuleRef(BaseModel):
     generation: int
 
 
+USER_PREFIX = "user:"
+"""A `NotificationRequested.recipients` entry naming a user by id: `user:<uuid>`."""
+
+
 class NotificationRequested(BaseModel):
     """Envelope of `notification.requested`: what to send, to whom, through which channel."""
 

@@ -64,3 +64,12 @@ class MetricsMiddleware:
 
 async def metrics_endpoint(_request: Request) -> Response:
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def serve_metrics(port: int) -> None:
+    """Serve the registry on `port` from a background thread (processes without an HTTP
+    app: the relay, the operator); 0 serves nothing."""
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port)

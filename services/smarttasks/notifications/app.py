@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
 import structlog
 from fastapi import APIRouter, FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -76,7 +75,6 @@ async def delivery_workers(
     sessions: async_sessionmaker[AsyncSession],
     directory: UserDirectory,
     secrets: SecretResolver | None = None,
-    http_transport: httpx.AsyncBaseTransport | None = None,
     listen: bool = True,
     observer: BatchObserver | None = None,
 ) -> AsyncIterator[WorkerPool]:
@@ -84,9 +82,7 @@ async def delivery_workers(
 
     Use it in a lifespan; embedded mode passes an in-process directory and static secrets.
     """
-    channels = await build_channels(
-        settings, secrets=secrets or build_secrets(settings), http_transport=http_transport
-    )
+    channels = await build_channels(settings, secrets=secrets or build_secrets(settings))
     dispatcher = Dispatcher(channels=channels, directory=directory, renderer=Renderer())
     policy = RetryPolicy.from_settings(settings)
     pool = WorkerPool(

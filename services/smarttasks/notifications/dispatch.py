@@ -76,8 +76,13 @@ class Dispatcher:
             secret_ref = _secret_ref(request)
         except ValueError as exc:
             return Attempted(Result.permanent(str(exc)), address)
-        context = _context(request, address=address, name=name, user_id=delivery.recipient_user_id)
         html = delivery.channel == EMAIL
+        # Templates and webhook payloads read the context; rendered email text does not.
+        context = (
+            _context(request, address=address, name=name, user_id=delivery.recipient_user_id)
+            if delivery.channel == WEBHOOK or not request.rendered
+            else {}
+        )
         if request.rendered:
             rendered = literal(subject=request.subject, body=request.body, html=html)
         else:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from smarttasks.core.auth import Principal
 from smarttasks.core.errors import Conflict, NotFound
-from smarttasks.core.events import NotificationRequested
+from smarttasks.core.events import USER_PREFIX, NotificationRequested
 from smarttasks.notifications.channels.factory import CHANNELS, WEBHOOK
 from smarttasks.notifications.channels.targets import MAX_URL_LENGTH
 from smarttasks.notifications.models import RETRYABLE_STATUSES, Attempt, Delivery, DeliveryStatus
@@ -24,7 +24,6 @@ log = structlog.get_logger()
 
 ROLE_OWNER = "owner"
 ROLE_ASSIGNEE = "assignee"
-USER_PREFIX = "user:"
 """`user:<id>`: a user whose address the users service knows (the engine's form of a role)."""
 MAX_RECIPIENT_LENGTH = 320
 

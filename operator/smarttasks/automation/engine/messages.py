@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from smarttasks.automation.engine.model import ROLES, Firing, NotifyAction
-from smarttasks.core.events import NotificationRequested, TaskSnapshot
+from smarttasks.core.events import USER_PREFIX, NotificationRequested, TaskSnapshot
 
 _NAMESPACE = uuid.UUID("5d0c1a7e-2f43-4b8e-9d6a-6f1f3c2b9a10")
 DIGEST_MAX_TASKS = 500
@@ -20,7 +20,6 @@ def message_id(dedup_key: str) -> uuid.UUID:
     return uuid.uuid5(_NAMESPACE, dedup_key)
 
 
-USER_PREFIX = "user:"
 """A recipient `user:<id>` is a user the notification service looks up the address of."""
 
 

@@ -95,8 +95,7 @@ _APPLY = text(
         RETURNING next_at
     ),
     first_armed AS (SELECT min(next_at) AS at FROM armed)
-    SELECT (SELECT count(*) FROM applied) AS applied,
-           (SELECT at FROM first_armed) AS armed_at,
+    SELECT (SELECT at FROM first_armed) AS armed_at,
            CASE WHEN (SELECT at FROM first_armed) IS NOT NULL THEN
                (SELECT min(next_at) FROM automation.schedule
                 WHERE next_at IS NOT NULL AND task_id <> ALL (SELECT task_id FROM state))
@@ -125,10 +124,9 @@ _BACKFILL = text(
 
 @dataclass(frozen=True, slots=True)
 class Applied:
-    """How many task states moved the projection, and the earliest entry they (re-)armed
-    if that entry must wake the schedule loops (see `needs_wake`)."""
+    """The earliest entry the applied task states (re-)armed, if that entry must wake the
+    schedule loops (see `needs_wake`)."""
 
-    applied: int
     armed_at: datetime | None = None
 
 
@@ -163,19 +161,13 @@ async def apply_snapshots(
     arm or disarm their entries: as applying them one by one would, in one statement."""
     latest = latest_states(states)
     if not latest:
-        return Applied(applied=0)
+        return Applied()
     payload = "[" + ",".join(_state(task, deleted) for task, deleted in latest) + "]"
     row = (await session.execute(_APPLY, {"states": payload})).one()
-    applied = int(row.applied)
     armed_at: datetime | None = row.armed_at
     if armed_at is None or not needs_wake(armed_at, row.earliest, datetime.now(UTC)):
-        return Applied(applied=applied)
-    return Applied(applied=applied, armed_at=armed_at)
-
-
-async def apply_snapshot(session: AsyncSession, task: TaskSnapshot, *, deleted: bool) -> Applied:
-    """Apply one task state if it is newer than the projection's; arm or disarm its entries."""
-    return await apply_snapshots(session, [(task, deleted)])
+        return Applied()
+    return Applied(armed_at=armed_at)
 
 
 WAKE_MARGIN = timedelta(seconds=2)
@@ -244,7 +236,6 @@ async def reseed(
 __all__ = [
     "WAKE_MARGIN",
     "Applied",
-    "apply_snapshot",
     "apply_snapshots",
     "backfill",
     "is_armed",

@@ -32,7 +32,7 @@ from smarttasks.automation.rules.documents import (
     changes_document,
     task_document,
 )
-from smarttasks.automation.rules.matcher import MatchSubject, evaluate
+from smarttasks.automation.rules.matcher import MatchSubject, evaluate, subject_of
 from smarttasks.automation.rules.model import Channel, RuleSpec, TriggerEvent, describe_error
 from smarttasks.automation.rules.schedules import CronSchedule, compile_schedule, parse_duration
 from smarttasks.automation.rules.templates import (
@@ -185,8 +185,7 @@ class CompiledRule:
         (the engine reports it as the rule's ``lastError``); ``rules.matcher.matches``
         counts that as not matching instead.
         """
-        subject = task if isinstance(task, MatchSubject) else MatchSubject(task, changes)
-        return evaluate(self, subject)
+        return evaluate(self, subject_of(task, changes))
 
     def template_context(
         self,

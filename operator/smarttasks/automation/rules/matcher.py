@@ -81,7 +81,7 @@ def matches(
     it only once.
     """
     try:
-        return evaluate(rule, _subject(task, changes, now))
+        return evaluate(rule, subject_of(task, changes, now))
     except ConditionError:
         return False
 
@@ -113,11 +113,12 @@ def evaluate(rule: CompiledRule, subject: MatchSubject) -> bool:
     return rule.condition.evaluate_in(subject.activation)
 
 
-def _subject(
+def subject_of(
     task: TaskLike | MatchSubject,
-    changes: Mapping[str, Sequence[Any]] | None,
-    now: datetime | None,
+    changes: Mapping[str, Sequence[Any]] | None = None,
+    now: datetime | None = None,
 ) -> MatchSubject:
+    """``task`` as matching sees it (itself when it already is a ``MatchSubject``)."""
     if isinstance(task, MatchSubject):
         return task
     return MatchSubject(task, changes, now=now)
@@ -131,7 +132,7 @@ def explain(
     now: datetime | None = None,
 ) -> list[Check]:
     """Every criterion of ``rule`` with its outcome for ``task`` (no short-circuit)."""
-    return list(_checks(rule, task, changes, now, stop_early=False))
+    return list(_checks(rule, task, changes, now))
 
 
 def _checks(
@@ -139,10 +140,8 @@ def _checks(
     task: TaskLike | MatchSubject,
     changes: Mapping[str, Sequence[Any]] | None,
     now: datetime | None,
-    *,
-    stop_early: bool = True,
 ) -> Iterator[Check]:
-    subject = _subject(task, changes, now)
+    subject = subject_of(task, changes, now)
     doc = subject.task
     changed = subject.changes
     checks = (
@@ -158,8 +157,6 @@ def _checks(
         if result is None:
             continue
         yield result
-        if stop_early and not result.passed:
-            return
     if rule.condition is not None:
         try:
             passed = rule.condition.evaluate_in(subject.activation)
@@ -217,4 +214,4 @@ def _priorities(rule: CompiledRule, doc: TaskDocument, _changes: object) -> Chec
     )
 
 
-__all__ = ["Check", "MatchSubject", "TaskLike", "evaluate", "explain", "matches"]
+__all__ = ["Check", "MatchSubject", "TaskLike", "evaluate", "explain", "matches", "subject_of"]

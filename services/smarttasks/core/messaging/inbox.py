@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 from functools import lru_cache
+from itertools import groupby
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Executable, Table, bindparam, delete, func, select
@@ -100,7 +102,9 @@ async def apply_many(
                     continue
                 applied.append((route, envelope))
                 outcomes.append(Outcome.APPLIED)
-            for route, group in _runs(applied):
+            # Consecutive messages of one route, in order.
+            for route, run in groupby(applied, key=itemgetter(0)):
+                group = [envelope for _, envelope in run]
                 if route.batch_handler is not None and len(group) > 1:
                     await route.batch_handler(session, group)
                 else:
@@ -111,19 +115,6 @@ async def apply_many(
             await session.rollback()
             raise
     return outcomes
-
-
-def _runs(
-    items: Sequence[tuple[Route, Envelope[Any]]],
-) -> list[tuple[Route, list[Envelope[Any]]]]:
-    """Consecutive messages of the same route, in order."""
-    runs: list[tuple[Route, list[Envelope[Any]]]] = []
-    for route, envelope in items:
-        if runs and runs[-1][0] is route:
-            runs[-1][1].append(envelope)
-        else:
-            runs.append((route, [envelope]))
-    return runs
 
 
 @lru_cache(maxsize=64)

@@ -53,6 +53,7 @@ from smarttasks.core.messaging.envelope import (
 from smarttasks.core.messaging.retry import Backoff, is_connection_error
 from smarttasks.core.messaging.settings import MessagingSettings
 from smarttasks.core.messaging.topology import declare_exchange
+from smarttasks.core.metrics import serve_metrics
 from smarttasks.core.outbox import OUTBOX_CHANNEL
 
 log = structlog.get_logger()
@@ -496,10 +497,7 @@ async def run_relay(settings: MessagingSettings) -> None:
     Serves every table in `relay_outboxes` until SIGTERM or SIGINT, then lets the
     current batches finish (cancelling them after a grace period).
     """
-    if settings.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port)
+    serve_metrics(settings.metrics_port)
     engine = create_engine(settings.database_url, pool_size=2 * len(settings.relay_outboxes) + 1)
     relay = OutboxRelay(
         engine,

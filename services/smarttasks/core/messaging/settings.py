@@ -149,7 +149,10 @@ class MessagingSettings(ServiceSettings):
         default=9102,
         ge=0,
         le=65535,
-        description="Port of the Prometheus endpoint of the relay process; 0 turns it off.",
+        description=(
+            "Port of the Prometheus endpoint of the processes that serve no API (relay, "
+            "operator); 0 turns it off."
+        ),
     )
 
     _split_lists = field_validator(

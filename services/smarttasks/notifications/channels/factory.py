@@ -66,24 +66,25 @@ def webhook_transport(settings: NotificationsSettings) -> httpx.AsyncBaseTranspo
     requests would carry.
     """
 
+    tls = ssl.create_default_context()
+
     def session() -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
             limit=settings.webhook_max_connections,
-            ssl=ssl.create_default_context(),
+            ssl=tls,
             keepalive_timeout=WEBHOOK_KEEPALIVE_SECONDS,
         )
         return aiohttp.ClientSession(
             connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False
         )
 
-    return AiohttpTransport(client=session)
+    return AiohttpTransport(verify=tls, client=session)
 
 
 async def build_channels(
     settings: NotificationsSettings,
     *,
     secrets: SecretResolver,
-    http_transport: httpx.AsyncBaseTransport | None = None,
 ) -> ChannelSet:
     """Email through SMTP when `smtp_host` is set, else to `.eml` files; webhooks over httpx."""
     stack = AsyncExitStack()
@@ -109,10 +110,9 @@ async def build_channels(
             sender=settings.mail_from,
             message_id_domain=settings.message_id_domain,
         )
-    if http_transport is None:
-        http_transport = await stack.enter_async_context(webhook_transport(settings))
+    transport = await stack.enter_async_context(webhook_transport(settings))
     webhook = WebhookChannel(
-        transport=http_transport,
+        transport=transport,
         secrets=secrets,
         timeout=settings.webhook_timeout_seconds,
         allow_private=settings.webhook_allow_private,

@@ -218,8 +218,3 @@ class Composer:
                 )
             )
         return ComposedEmail(sender=self.sender.address, recipient=to.address, data=data)
-
-
-def compose(message: OutboundMessage, *, sender: Mailbox, message_id_domain: str) -> ComposedEmail:
-    """`Composer(...).compose(message)`, for a single message."""
-    return Composer(sender=sender, message_id_domain=message_id_domain).compose(message)

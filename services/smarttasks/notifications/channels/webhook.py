@@ -210,9 +210,11 @@ def _describe_failure(timeout: float, exc: Exception) -> str:
     aiohttp transport maps every connection error so); only a real timeout says so.
     """
     cause = exc.__cause__
-    if isinstance(exc, TimeoutError) or isinstance(cause, TimeoutError):
-        return f"no response within {timeout:g} s"
-    if isinstance(exc, httpx.TimeoutException) and cause is None:
+    if (
+        isinstance(exc, TimeoutError)
+        or isinstance(cause, TimeoutError)
+        or (isinstance(exc, httpx.TimeoutException) and cause is None)
+    ):
         return f"no response within {timeout:g} s"
     error = cause if isinstance(cause, Exception) else exc
     return f"{type(error).__name__}: {error or 'connection failed'}"
