@@ -119,10 +119,36 @@ async def test_kept_open_connection_dropped_by_the_server_is_reopened(
     assert len(await harness.attempts(second)) == 1
 
 
+@pytest.mark.parametrize("connections", [1, 3])
+async def test_a_connection_sends_again_only_once_its_last_outcome_is_committed(
+    harness: Harness, smtp_server: SmtpServer, connections: int
+) -> None:
+    # A worker killed after the server accepted a message sends that message again; each
+    # connection waiting for its outcome to be committed bounds that to one per connection.
+    committed_at_arrival: list[int] = []
+    smtp_server.sink.on_message = lambda _: committed_at_arrival.append(
+        sum(len(seen) for seen in harness.watcher.outcomes.values())
+    )
+    count = 24
+    requests = [notification() for _ in range(count)]
+    for request in requests:
+        await harness.submit(request)
+    settings = harness.settings(
+        smtp_host=smtp_server.host, smtp_port=smtp_server.port, smtp_pool_size=connections
+    )
+    async with harness.workers(settings):
+        await smtp_server.sink.wait_for(count)
+    assert len(committed_at_arrival) == count
+    for arrived, committed in enumerate(committed_at_arrival):
+        unrecorded = arrived - committed  # sent earlier, outcome not yet committed
+        assert unrecorded < connections, (arrived, committed_at_arrival)
+
+
 async def test_smtp_550_fails_once_without_retries(
     harness: Harness, smtp_server: SmtpServer
 ) -> None:
-    smtp_server.sink.refuse_recipients_with = "550 5.1.1 No such user here"
+    # A NUL in the reply (PostgreSQL text cannot hold one) must not lose the outcome.
+    smtp_server.sink.refuse_recipients_with = "550 5.1.1 No such user\x00here"
     settings = harness.settings(smtp_host=smtp_server.host, smtp_port=smtp_server.port)
     async with harness.workers(settings):
         [delivery_id] = await harness.submit(notification(recipients=["nobody@example.com"]))
@@ -134,6 +160,7 @@ async def test_smtp_550_fails_once_without_retries(
     assert attempts[0].outcome == "permanent" and attempts[0].status_code == 550
     delivery = await harness.delivery(delivery_id)
     assert delivery.status == "failed" and "550" in (delivery.last_error or "")
+    assert "No such user\ufffdhere" in (delivery.last_error or "")
 
 
 async def test_smtp_4xx_is_retried_then_dead_lettered(

@@ -15,6 +15,7 @@ from smarttasks.notifications.channels import (
     ChannelSet,
     OutboundMessage,
     Result,
+    Settlement,
     UnknownChannel,
 )
 from smarttasks.notifications.directory import DirectoryUnavailable, UserDirectory
@@ -47,7 +48,7 @@ class Dispatcher:
         self.directory = directory
         self.renderer = renderer or Renderer()
 
-    async def attempt(self, delivery: Claimed) -> Attempted:
+    async def attempt(self, delivery: Claimed, settlement: Settlement | None = None) -> Attempted:
         address = delivery.address
         try:
             request = NotificationRequested.model_validate_json(delivery.request)
@@ -105,6 +106,7 @@ class Dispatcher:
             payload=_webhook_payload(request, context, subject=rendered.subject, text=rendered.text)
             if delivery.channel == WEBHOOK
             else {},
+            settlement=settlement,
         )
         return Attempted(await channel.send(message), address)
 

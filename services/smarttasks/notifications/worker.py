@@ -11,14 +11,14 @@ from typing import Any
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from smarttasks.core.db import unit_of_work
 from smarttasks.notifications import metrics
-from smarttasks.notifications.channels import Outcome, Result
+from smarttasks.notifications.channels import Outcome, Result, Settlement
 from smarttasks.notifications.dispatch import Attempted, Dispatcher
 from smarttasks.notifications.models import DeliveryStatus
-from smarttasks.notifications.repository import Claimed, DeliveryRepository
+from smarttasks.notifications.repository import Claimed, DeliveryRepository, record_outcomes
 from smarttasks.notifications.retries import RetryPolicy
 
 log = structlog.get_logger()
@@ -105,11 +105,13 @@ class DeliveryWorker:
         """Send batches until nothing is due; returns how many deliveries were attempted.
 
         Each outcome is recorded as soon as its send completes (see `OutcomeRecorder`), not
-        when the whole claimed batch is done: a worker killed mid-batch sends again only
-        the few messages whose outcome it had not yet committed.
+        when the whole claimed batch is done, and an SMTP connection sends its next message
+        only once its last one is recorded: a worker killed mid-batch sends again at most
+        one email per connection (and the webhooks of its last group commit).
         """
         total = 0
-        recorder = OutcomeRecorder(self._finish)
+        writer = OutcomeWriter(self._sessions, observer=self._observer)
+        recorder = OutcomeRecorder(writer.write)
         try:
             while not self._stopping:
                 async with unit_of_work(self._sessions) as session:
@@ -122,27 +124,33 @@ class DeliveryWorker:
                 recorder.raise_failure()
                 total += len(claimed)
         finally:
-            await recorder.drain()
+            try:
+                await recorder.drain()
+            finally:
+                await writer.aclose()
         return total
 
     async def _attempt_and_record(self, delivery: Claimed, recorder: OutcomeRecorder) -> None:
-        attempted, started, duration = await self._attempt(delivery)
-        recorder.add(self._record(delivery, attempted, started, duration))
+        # The settlement tells the channel when this message's outcome is committed: an SMTP
+        # connection sends its next message only then, so a killed worker has sent at most
+        # one message per connection that it sends again.
+        settlement = Settlement(recorder.hurry)
+        try:
+            attempted, started, duration = await self._attempt(delivery, settlement)
+            written = recorder.add(self._record(delivery, attempted, started, duration))
+        except BaseException:
+            settlement.settle()
+            raise
+        written.add_done_callback(settlement.settle)
 
-    async def _finish(self, outcomes: Sequence[Recorded]) -> None:
-        updates = [update for update, _ in outcomes]
-        attempts = [attempt for _, attempt in outcomes]
-        async with unit_of_work(self._sessions) as session:
-            await DeliveryRepository(session).finish(updates, attempts)
-        if self._observer is not None:
-            self._observer(updates)
-
-    async def _attempt(self, delivery: Claimed) -> tuple[Attempted, datetime, float]:
+    async def _attempt(
+        self, delivery: Claimed, settlement: Settlement
+    ) -> tuple[Attempted, datetime, float]:
         started = datetime.now(UTC)
         clock = time.perf_counter()
         async with self._slots:
             try:
-                attempted = await self._dispatcher.attempt(delivery)
+                attempted = await self._dispatcher.attempt(delivery, settlement)
             except Exception as exc:  # a bug must cost one attempt, not the worker
                 log.exception("delivery_attempt_crashed", delivery_id=str(delivery.id))
                 attempted = Attempted(
@@ -168,9 +176,9 @@ class DeliveryWorker:
             "next_attempt_at": now,
             "sent_at": None,
             "last_error": None,
-            "detail": result.detail[:MAX_ERROR_LENGTH],
+            "detail": _loggable(result.detail),
         }
-        error = None if result.outcome is Outcome.SENT else result.detail[:MAX_ERROR_LENGTH]
+        error = None if result.outcome is Outcome.SENT else _loggable(result.detail)
         channel = delivery.channel
         if result.outcome is Outcome.SENT:
             update["status"] = DeliveryStatus.SENT.value
@@ -218,8 +226,56 @@ class DeliveryWorker:
         return update, attempt
 
 
+def _loggable(detail: str) -> str:
+    """A server's answer as the delivery log can keep it: bounded, without NUL characters."""
+    return detail[:MAX_ERROR_LENGTH].replace("\x00", "\ufffd")
+
+
 Recorded = tuple[dict[str, Any], dict[str, Any]]
 """A delivery's row update and its attempt record."""
+
+
+class OutcomeWriter:
+    """Writes groups of outcomes on one autocommit connection, kept while the worker is busy.
+
+    Each group is one statement (`record_outcomes`), so one round trip and no pool checkout,
+    session or BEGIN/COMMIT: a fraction of a unit of work's cost, which matters at one
+    write per few messages. A connection that failed is dropped and the next write opens
+    another.
+    """
+
+    def __init__(
+        self, sessions: async_sessionmaker[AsyncSession], *, observer: BatchObserver | None
+    ) -> None:
+        self._sessions = sessions
+        self._observer = observer
+        self._session: AsyncSession | None = None
+        self._connection: AsyncConnection | None = None
+
+    async def write(self, outcomes: Sequence[Recorded]) -> None:
+        updates = [update for update, _ in outcomes]
+        if self._connection is None:
+            self._session = self._sessions()
+            self._connection = await self._session.connection(
+                execution_options={"isolation_level": "AUTOCOMMIT"}
+            )
+        try:
+            await record_outcomes(self._connection, updates, [a for _, a in outcomes])
+        except BaseException:
+            await self._drop(invalidate=True)
+            raise
+        if self._observer is not None:
+            self._observer(updates)
+
+    async def _drop(self, *, invalidate: bool) -> None:
+        session, self._session, self._connection = self._session, None, None
+        if session is not None:
+            if invalidate:  # it may be mid-statement or broken: not back to the pool
+                await session.invalidate()
+            await session.close()
+
+    async def aclose(self) -> None:
+        await self._drop(invalidate=False)
 
 
 class OutcomeRecorder:
@@ -227,11 +283,12 @@ class OutcomeRecorder:
 
     An outcome is written at once when no write happened in the last `min_interval`
     seconds; otherwise it waits for the next write, which starts when the interval has
-    passed or `max_group` outcomes wait. So the database sees at most one transaction per
-    interval rather than one per message, and at any moment only the outcomes of the last
-    interval and round trip are unrecorded: what a worker killed then sends again. A
-    failed write drops its outcomes (their rows come back when the lease ends, and are
-    sent again) and is raised by `raise_failure` or `drain`.
+    passed, `max_group` outcomes wait, or `hurry()` is called (an SMTP connection waiting
+    to send its next message until its last one is recorded). So the database sees one
+    transaction per group, not per message. `add` returns a future resolved once the write
+    holding the outcome has finished, successfully or not. A failed write drops its
+    outcomes (their rows come back when the lease ends, and are sent again) and is raised
+    by `raise_failure` or `drain`.
     """
 
     def __init__(
@@ -244,36 +301,49 @@ class OutcomeRecorder:
         self._write = write
         self._min_interval = min_interval
         self._max_group = max_group
+        self._loop = asyncio.get_running_loop()
         self._pending: list[Recorded] = []
+        self._pending_written: asyncio.Future[None] = self._loop.create_future()
         self._writing: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._next_write = 0.0
-        self._now = asyncio.get_running_loop().time
         self._hurry = asyncio.Event()
 
-    def add(self, outcome: Recorded) -> None:
+    def add(self, outcome: Recorded) -> asyncio.Future[None]:
+        """Queue an outcome; the future is done when the write holding it has finished."""
         self._pending.append(outcome)
         if len(self._pending) >= self._max_group:
             self._hurry.set()
         if self._writing is None:
             self._writing = asyncio.create_task(self._write_pending())
+        return self._pending_written
+
+    def hurry(self) -> None:
+        """Write what waits now rather than at the end of the interval."""
+        self._hurry.set()
 
     async def _write_pending(self) -> None:
         try:
             while self._pending:
-                wait = self._next_write - self._now()
+                wait = self._next_write - self._loop.time()
                 if wait > 0 and not self._hurry.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait):
                             await self._hurry.wait()
-                if len(self._pending) < self._max_group:
-                    self._hurry.clear()
+                self._hurry.clear()
                 batch, self._pending = self._pending, []
-                self._next_write = self._now() + self._min_interval
-                await self._write(batch)
+                written, self._pending_written = self._pending_written, self._loop.create_future()
+                self._next_write = self._loop.time() + self._min_interval
+                try:
+                    await self._write(batch)
+                finally:
+                    written.set_result(None)
         except Exception as exc:
-            self._pending = []
             self._failure = self._failure or exc
+            if self._pending:  # dropped with the failure: their rows come back by lease
+                self._pending = []
+                self._pending_written.set_result(None)
+                self._pending_written = self._loop.create_future()
         finally:
             self._writing = None
 

@@ -1,6 +1,12 @@
 """Channels: one module per way of sending, each behind `Channel.send(message) -> Result`."""
 
-from smarttasks.notifications.channels.base import Channel, OutboundMessage, Outcome, Result
+from smarttasks.notifications.channels.base import (
+    Channel,
+    OutboundMessage,
+    Outcome,
+    Result,
+    Settlement,
+)
 from smarttasks.notifications.channels.factory import (
     EMAIL,
     WEBHOOK,
@@ -17,6 +23,7 @@ __all__ = [
     "OutboundMessage",
     "Outcome",
     "Result",
+    "Settlement",
     "UnknownChannel",
     "build_channels",
 ]

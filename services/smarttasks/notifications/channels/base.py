@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -48,6 +49,36 @@ class Result:
         return cls(Outcome.SKIPPED, detail)
 
 
+class Settlement:
+    """When the outcome of sending one message has been recorded.
+
+    The worker settles it once the outcome is committed (or the write failed). A channel
+    that must bound what a crash sends twice waits on the settlement of its last message
+    before it sends the next; waiting asks the recorder to write now.
+    """
+
+    __slots__ = ("_done", "_hurry")
+
+    def __init__(self, hurry: Callable[[], None] = lambda: None) -> None:
+        self._hurry = hurry
+        self._done = asyncio.get_running_loop().create_future()
+
+    def settle(self, _: object = None) -> None:
+        """Mark the outcome recorded (usable as a future's done callback)."""
+        if not self._done.done():
+            self._done.set_result(None)
+
+    @property
+    def settled(self) -> bool:
+        return self._done.done()
+
+    async def recorded(self) -> None:
+        """Return once the outcome is recorded."""
+        if not self._done.done():
+            self._hurry()
+            await asyncio.shield(self._done)
+
+
 @dataclass(frozen=True, slots=True)
 class OutboundMessage:
     """One rendered notification for one recipient; each channel reads the fields it needs.
@@ -66,6 +97,7 @@ class OutboundMessage:
     url: str | None = None
     secret_ref: SecretRef | None = None
     payload: Mapping[str, Any] = field(default_factory=dict)
+    settlement: Settlement | None = None
 
 
 class Channel(Protocol):

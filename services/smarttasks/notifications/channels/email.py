@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 
 import aiosmtplib
 import structlog
 
-from smarttasks.notifications.channels.base import OutboundMessage, Result
+from smarttasks.notifications.channels.base import OutboundMessage, Outcome, Result, Settlement
 from smarttasks.notifications.channels.mime import (
     ComposedEmail,
     Composer,
@@ -34,6 +35,10 @@ class SmtpChannel:
     any other connection problem is a temporary failure (retried later). Replies 5xx are
     permanent, 4xx temporary, as RFC 5321 defines them. Authentication problems are
     temporary: they are the service's configuration, not the message.
+
+    A connection sends a message's data only once the outcome of the last message it had
+    accepted is recorded (its `Settlement`): a worker killed at any moment sends again at
+    most one email per connection.
     """
 
     def __init__(
@@ -51,6 +56,7 @@ class SmtpChannel:
         pool_size: int = 4,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
+        self.max_in_flight: int | None = pool_size
         self._host = host
         self._port = port
         self._composer = Composer(sender=parse_mailbox(sender), message_id_domain=message_id_domain)
@@ -61,7 +67,7 @@ class SmtpChannel:
         self._validate_certs = validate_certs
         self._tls_context = tls_context
         self._slots = asyncio.Semaphore(pool_size)
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[_Connection] = []
 
     def _client(self) -> aiosmtplib.SMTP:
         return aiosmtplib.SMTP(
@@ -82,22 +88,23 @@ class SmtpChannel:
         except InvalidEmail as exc:
             return Result.permanent(f"cannot build the email: {exc}")
         async with self._slots:
-            client = self._idle.pop() if self._idle else self._client()
+            connection = self._idle.pop() if self._idle else _Connection(self._client())
             try:
-                return await self._submit(client, email)
+                result = await self._submit(connection, email)
             finally:
-                if client.is_connected:
-                    self._idle.append(client)
+                self._idle.append(connection)
+            if result.outcome is Outcome.SENT:
+                connection.unrecorded = message.settlement
+            return result
 
-    async def _submit(self, client: aiosmtplib.SMTP, email: ComposedEmail) -> Result:
+    async def _submit(self, connection: _Connection, email: ComposedEmail) -> Result:
+        client = connection.client
         reused = client.is_connected
         while True:
             try:
                 if not client.is_connected:
                     await client.connect()
-                _refused, reply = await client.sendmail(email.sender, [email.recipient], email.data)
-            except aiosmtplib.SMTPRecipientsRefused as exc:
-                return _status(exc.recipients[0])
+                reply = await self._transaction(connection, email)
             except aiosmtplib.SMTPAuthenticationError as exc:
                 client.close()
                 return Result.temporary(f"SMTP authentication failed: {exc.code} {exc.message}")
@@ -115,11 +122,49 @@ class SmtpChannel:
                 )
             return Result.sent(f"accepted by {self._host}: {reply}")
 
+    async def _transaction(self, connection: _Connection, email: ComposedEmail) -> str:
+        """MAIL, RCPT and DATA; the data goes only once the connection's last message is
+        recorded, so a crash sends at most one message per connection twice. The envelope
+        commands go first: their round trips overlap the wait."""
+        client = connection.client
+        size = [f"SIZE={len(email.data)}"] if client.supports_extension("size") else []
+        await client.mail(email.sender, options=size)
+        try:
+            await client.rcpt(email.recipient)
+            if connection.unrecorded is not None:
+                await self._until_recorded(connection.unrecorded)
+                connection.unrecorded = None
+            response = await client.data(email.data)
+        except aiosmtplib.SMTPResponseException:
+            with contextlib.suppress(aiosmtplib.SMTPException, OSError):
+                await client.rset()  # a refused envelope must not linger on the connection
+            raise
+        return response.message
+
+    async def _until_recorded(self, settlement: Settlement) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await settlement.recorded()
+        except TimeoutError:  # the outcome write is stuck; sending beats stalling forever
+            log.warning("smtp_previous_outcome_not_recorded", timeout_s=self._timeout)
+
     async def aclose(self) -> None:
         """QUIT every kept-open connection."""
         idle, self._idle = self._idle, []
-        for client in idle:
+        for connection in idle:
+            if not connection.client.is_connected:
+                continue
             try:
-                await client.quit()
+                await connection.client.quit()
             except (aiosmtplib.SMTPException, OSError):
-                client.close()
+                connection.client.close()
+
+
+class _Connection:
+    """A pooled SMTP client and the settlement of the last message it had accepted."""
+
+    __slots__ = ("client", "unrecorded")
+
+    def __init__(self, client: aiosmtplib.SMTP) -> None:
+        self.client = client
+        self.unrecorded: Settlement | None = None
