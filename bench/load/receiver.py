@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import socket
 import time
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import uvicorn
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from starlette.types import Receive, Scope, Send
+from tests.fixtures import loopback
+from tests.fixtures.loopback import read_body
 
 
 @dataclass(frozen=True)
@@ -38,12 +37,7 @@ class TimedReceiver:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         arrived = time.time()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         verified = False
@@ -59,35 +53,10 @@ class TimedReceiver:
         await send({"type": "http.response.body", "body": b""})
 
 
-class _Server(uvicorn.Server):
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        # Ctrl-C belongs to the benchmark, which stops the components first.
-        yield
-
-
 @contextlib.asynccontextmanager
 async def serving() -> AsyncIterator[TimedReceiver]:
     """A receiver listening on a free loopback port until the block ends."""
     receiver = TimedReceiver()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1024)
-    receiver.port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        receiver,
-        lifespan="off",
-        log_config=None,
-        access_log=False,
-        ws="none",
-        timeout_graceful_shutdown=1,
-    )
-    server = _Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
+    async with loopback.serving(receiver, backlog=1024) as port:
+        receiver.port = port
         yield receiver
-    finally:
-        server.should_exit = True
-        await task
-        sock.close()

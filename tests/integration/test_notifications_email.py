@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from email.header import decode_header, make_header
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import pytest
 from fastapi import FastAPI
 
 from smarttasks.automation.engine.messages import resolve
+from smarttasks.core.events import NotificationRequested
 from smarttasks.notifications.directory import Contact, HttpUserDirectory, static_token
-from tests.fixtures.api import UserFactory
+from tests.fixtures.api import ApiUser, UserFactory
 from tests.fixtures.smtp import (
     Credentials,
     Harness,
@@ -286,51 +288,66 @@ async def test_redelivered_request_records_no_second_delivery(
     assert len(smtp_server.sink.messages) == 1
 
 
-async def test_recipients_resolved_through_the_users_api_and_their_preference_honoured(
-    harness: Harness,
-    smtp_server: SmtpServer,
-    app: FastAPI,
-    client: httpx.AsyncClient,
-    make_user: UserFactory,
-) -> None:
+FINAL = {"sent", "skipped", "failed", "dead"}
+
+
+@pytest.fixture
+async def users_api(app: FastAPI, make_user: UserFactory) -> AsyncIterator[HttpUserDirectory]:
+    """The users service's API as the notification service reads it, with its account."""
     service_account = await make_user(admin=True, name="notifications-service")
-    owner = await make_user(name="owner")
-    assignee = await make_user(name="assignee")
-    muted = await client.patch(
-        "/api/v1/users/me", headers=owner.headers, json={"email_notifications": False}
-    )
-    assert muted.status_code == 200, muted.text
-    renamed = await client.patch(
-        "/api/v1/users/me", headers=assignee.headers, json={"display_name": "Ana Núñez"}
-    )
-    assert renamed.status_code == 200, renamed.text
     directory = HttpUserDirectory(
         base_url="http://testserver",
         token=static_token(service_account.access_token),
         transport=httpx.ASGITransport(app=app),
     )
-    gone = uuid.uuid4()
+    yield directory
+    await directory.aclose()
+
+
+async def update_me(client: httpx.AsyncClient, user: ApiUser, **changes: object) -> None:
+    response = await client.patch("/api/v1/users/me", headers=user.headers, json=changes)
+    assert response.status_code == 200, response.text
+
+
+async def deliver(
+    harness: Harness,
+    smtp_server: SmtpServer,
+    directory: HttpUserDirectory,
+    *requests: NotificationRequested,
+) -> list[list[uuid.UUID]]:
+    """Submit the requests and run workers until each delivery is final; ids per request."""
+    settings = harness.settings(smtp_host=smtp_server.host, smtp_port=smtp_server.port)
+    async with harness.workers(settings, directory=directory):
+        ids = [await harness.submit(request) for request in requests]
+        for delivery_id in (i for per_request in ids for i in per_request):
+            await harness.watcher.until(delivery_id, FINAL)
+    return ids
+
+
+async def test_recipients_resolved_through_the_users_api_and_their_preference_honoured(
+    harness: Harness,
+    smtp_server: SmtpServer,
+    users_api: HttpUserDirectory,
+    client: httpx.AsyncClient,
+    make_user: UserFactory,
+) -> None:
+    owner = await make_user(name="owner")
+    assignee = await make_user(name="assignee")
+    await update_me(client, owner, email_notifications=False)
+    await update_me(client, assignee, display_name="Ana Núñez")
     request = notification(
         task=snapshot(owner_id=owner.id, assignee_id=assignee.id),
         recipients=["owner", "assignee", "Assignee"],
     )
-    deleted_user = notification(task=snapshot(owner_id=gone), recipients=["owner"])
-    settings = harness.settings(smtp_host=smtp_server.host, smtp_port=smtp_server.port)
-    try:
-        async with harness.workers(settings, directory=directory):
-            ids = await harness.submit(request)
-            [gone_id] = await harness.submit(deleted_user)
-            final = {"sent", "skipped", "failed", "dead"}
-            outcomes = {i: await harness.watcher.until(i, final) for i in [*ids, gone_id]}
-    finally:
-        await directory.aclose()
+    deleted_user = notification(task=snapshot(owner_id=uuid.uuid4()), recipients=["owner"])
+    ids, [gone_id] = await deliver(harness, smtp_server, users_api, request, deleted_user)
     assert len(ids) == 2  # owner and assignee; "Assignee" is the same role
     deliveries = {d.recipient_user_id: d for d in [await harness.delivery(i) for i in ids]}
     assert deliveries[owner.id].status == "skipped"
     assert deliveries[owner.id].detail == "the recipient turned email notifications off"
     assert deliveries[assignee.id].status == "sent"
     assert deliveries[assignee.id].address == assignee.email
-    assert outcomes[gone_id] == "skipped"
+    assert (await harness.delivery(gone_id)).status == "skipped"
     [received] = await smtp_server.sink.wait_for(1)
     assert received.rcpt_tos == [assignee.email]
     assert received.message["To"].addresses[0].display_name == "Ana Núñez"
@@ -339,36 +356,19 @@ async def test_recipients_resolved_through_the_users_api_and_their_preference_ho
 async def test_engine_user_recipients_are_looked_up_and_delivered(
     harness: Harness,
     smtp_server: SmtpServer,
-    app: FastAPI,
+    users_api: HttpUserDirectory,
     client: httpx.AsyncClient,
     make_user: UserFactory,
 ) -> None:
-    service_account = await make_user(admin=True, name="notifications-service")
     owner = await make_user(name="owner")
     assignee = await make_user(name="assignee")
-    muted = await client.patch(
-        "/api/v1/users/me", headers=assignee.headers, json={"email_notifications": False}
-    )
-    assert muted.status_code == 200, muted.text
+    await update_me(client, assignee, email_notifications=False)
     task = snapshot(owner_id=owner.id, assignee_id=assignee.id)
     # Exactly what the automation engine puts in `notification.requested`.
     recipients = resolve(["owner", "assignee", "ops@example.com"], task)
     assert recipients[:2] == [f"user:{owner.id}", f"user:{assignee.id}"]
     request = notification(task=task, recipients=recipients)
-    directory = HttpUserDirectory(
-        base_url="http://testserver",
-        token=static_token(service_account.access_token),
-        transport=httpx.ASGITransport(app=app),
-    )
-    settings = harness.settings(smtp_host=smtp_server.host, smtp_port=smtp_server.port)
-    try:
-        async with harness.workers(settings, directory=directory):
-            ids = await harness.submit(request)
-            final = {"sent", "skipped", "failed", "dead"}
-            for delivery_id in ids:
-                await harness.watcher.until(delivery_id, final)
-    finally:
-        await directory.aclose()
+    [ids] = await deliver(harness, smtp_server, users_api, request)
     deliveries = {d.recipient: d for d in [await harness.delivery(i) for i in ids]}
     assert set(deliveries) == {f"user:{owner.id}", f"user:{assignee.id}", "email:ops@example.com"}
     sent_to_owner = deliveries[f"user:{owner.id}"]
