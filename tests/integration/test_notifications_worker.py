@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from smarttasks.core.db import unit_of_work
 from smarttasks.notifications.models import Delivery
+from smarttasks.notifications.worker import OutcomeWriter, Recorded
 from tests.fixtures.smtp import Harness, SmtpServer, notification
 
 pytestmark = pytest.mark.integration
@@ -114,3 +116,52 @@ async def test_workers_start_and_stop_cleanly_and_pick_up_what_is_due(
     [delivery_id] = await harness.submit(notification())
     async with harness.workers(settings):
         assert await harness.watcher.until(delivery_id, {"sent"}) == "sent"
+
+
+def sent_outcome(delivery_id: uuid.UUID) -> Recorded:
+    now = datetime.now(UTC)
+    update = {
+        "id": delivery_id,
+        "status": "sent",
+        "address": "ada@example.com",
+        "next_attempt_at": now,
+        "sent_at": now,
+        "last_error": None,
+        "detail": "accepted",
+        "updated_at": now,
+    }
+    attempt = {
+        "delivery_id": delivery_id,
+        "number": 1,
+        "started_at": now,
+        "duration_ms": 1.0,
+        "outcome": "sent",
+        "status_code": None,
+        "error": None,
+    }
+    return update, attempt
+
+
+async def test_an_outcome_writer_whose_kept_connection_died_writes_on_a_new_one(
+    harness: Harness,
+) -> None:
+    [first] = await harness.submit(notification())
+    [second] = await harness.submit(notification())
+    writer = OutcomeWriter(harness.sessions, observer=harness.watcher)
+    try:
+        await writer.write([sent_outcome(first)])
+        async with unit_of_work(harness.sessions) as session:
+            # As a database restart or a proxy's idle timeout leaves the kept connection.
+            killed = await session.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE query LIKE 'WITH no_flush_wait%' AND pid <> pg_backend_pid()"
+                )
+            )
+            assert killed.scalars().all() == [True]
+        await writer.write([sent_outcome(second)])  # the outcome is not dropped
+    finally:
+        await writer.aclose()
+    for delivery_id in (first, second):
+        assert (await harness.delivery(delivery_id)).status == "sent"
+        assert len(await harness.attempts(delivery_id)) == 1

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionmaker
 
 from smarttasks.core.db import unit_of_work
@@ -240,7 +240,8 @@ class OutcomeWriter:
 
     Each group is one statement (`record_outcomes`), so one round trip and no pool checkout,
     session or BEGIN/COMMIT: a fraction of a unit of work's cost, which matters at one
-    write per few messages. A connection that failed is dropped and the next write opens
+    write per few messages. A kept connection found dead is replaced and the write made
+    once more; a connection that failed otherwise is dropped and the next write opens
     another.
     """
 
@@ -251,21 +252,36 @@ class OutcomeWriter:
         self._observer = observer
         self._session: AsyncSession | None = None
         self._connection: AsyncConnection | None = None
+        self._fresh = False  # opened for the write in progress: a failure is not staleness
 
     async def write(self, outcomes: Sequence[Recorded]) -> None:
         updates = [update for update, _ in outcomes]
+        attempts = [attempt for _, attempt in outcomes]
+        try:
+            try:
+                await record_outcomes(await self._connect(), updates, attempts)
+            except DBAPIError as exc:
+                if not exc.connection_invalidated or self._fresh:
+                    raise
+                # The kept connection was dropped while idle (a restart, a proxy's timeout):
+                # once more on a new one, rather than leave these to be sent again.
+                await self._drop(invalidate=True)
+                await record_outcomes(await self._connect(), updates, attempts)
+        except BaseException:
+            await self._drop(invalidate=True)
+            raise
+        self._fresh = False
+        if self._observer is not None:
+            self._observer(updates)
+
+    async def _connect(self) -> AsyncConnection:
         if self._connection is None:
             self._session = self._sessions()
             self._connection = await self._session.connection(
                 execution_options={"isolation_level": "AUTOCOMMIT"}
             )
-        try:
-            await record_outcomes(self._connection, updates, [a for _, a in outcomes])
-        except BaseException:
-            await self._drop(invalidate=True)
-            raise
-        if self._observer is not None:
-            self._observer(updates)
+            self._fresh = True
+        return self._connection
 
     async def _drop(self, *, invalidate: bool) -> None:
         session, self._session, self._connection = self._session, None, None
