@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from smarttasks.notifications.channels import Settlement
+from smarttasks.notifications.channels import OutcomeReceipt
 from smarttasks.notifications.worker import OutcomeRecorder, Recorded
 
 
@@ -85,14 +85,14 @@ async def test_outcomes_wait_for_the_interval_unless_a_group_is_full() -> None:
     assert write.groups == [[1], [2, 3, 4], [5]]
 
 
-async def test_a_sender_waiting_for_its_settlement_has_the_group_written_now() -> None:
+async def test_a_sender_waiting_for_its_receipt_has_the_group_written_now() -> None:
     write = Writes()
     recorder = OutcomeRecorder(write, min_interval=3600.0)
     await recorder.add(outcome(1))
-    settlement = Settlement(recorder.hurry)
-    recorder.add(outcome(2)).add_done_callback(settlement.settle)
+    receipt = OutcomeReceipt(recorder.hurry)
+    recorder.add(outcome(2)).add_done_callback(receipt.settle)
     recorder.add(outcome(3))
     await settle()
-    assert write.groups == [[1]] and not settlement.settled
-    await settlement.recorded()  # hurries the recorder instead of waiting out the hour
+    assert write.groups == [[1]] and not receipt.settled
+    await receipt.recorded()  # hurries the recorder instead of waiting out the hour
     assert write.groups == [[1], [2, 3]]

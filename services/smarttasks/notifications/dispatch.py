@@ -14,8 +14,8 @@ from smarttasks.notifications.channels import (
     WEBHOOK,
     ChannelSet,
     OutboundMessage,
+    OutcomeReceipt,
     Result,
-    Settlement,
     UnknownChannel,
 )
 from smarttasks.notifications.directory import DirectoryUnavailable, UserDirectory
@@ -48,7 +48,7 @@ class Dispatcher:
         self.directory = directory
         self.renderer = renderer or Renderer()
 
-    async def attempt(self, delivery: Claimed, settlement: Settlement | None = None) -> Attempted:
+    async def attempt(self, delivery: Claimed, receipt: OutcomeReceipt | None = None) -> Attempted:
         address = delivery.address
         try:
             request = NotificationRequested.model_validate_json(delivery.request)
@@ -106,7 +106,7 @@ class Dispatcher:
             payload=_webhook_payload(request, context, subject=rendered.subject, text=rendered.text)
             if delivery.channel == WEBHOOK
             else {},
-            settlement=settlement,
+            receipt=receipt,
         )
         return Attempted(await channel.send(message), address)
 

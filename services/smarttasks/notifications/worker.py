@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession, async_sessionm
 
 from smarttasks.core.db import unit_of_work
 from smarttasks.notifications import metrics
-from smarttasks.notifications.channels import Outcome, Result, Settlement
+from smarttasks.notifications.channels import Outcome, OutcomeReceipt, Result
 from smarttasks.notifications.dispatch import Attempted, Dispatcher
 from smarttasks.notifications.models import DeliveryStatus
 from smarttasks.notifications.repository import Claimed, DeliveryRepository, record_outcomes
@@ -131,26 +131,26 @@ class DeliveryWorker:
         return total
 
     async def _attempt_and_record(self, delivery: Claimed, recorder: OutcomeRecorder) -> None:
-        # The settlement tells the channel when this message's outcome is committed: an SMTP
+        # The receipt tells the channel when this message's outcome is committed: an SMTP
         # connection sends its next message only then, so a killed worker has sent at most
         # one message per connection that it sends again.
-        settlement = Settlement(recorder.hurry)
+        receipt = OutcomeReceipt(recorder.hurry)
         try:
-            attempted, started, duration = await self._attempt(delivery, settlement)
+            attempted, started, duration = await self._attempt(delivery, receipt)
             written = recorder.add(self._record(delivery, attempted, started, duration))
         except BaseException:
-            settlement.settle()
+            receipt.settle()
             raise
-        written.add_done_callback(settlement.settle)
+        written.add_done_callback(receipt.settle)
 
     async def _attempt(
-        self, delivery: Claimed, settlement: Settlement
+        self, delivery: Claimed, receipt: OutcomeReceipt
     ) -> tuple[Attempted, datetime, float]:
         started = datetime.now(UTC)
         clock = time.perf_counter()
         async with self._slots:
             try:
-                attempted = await self._dispatcher.attempt(delivery, settlement)
+                attempted = await self._dispatcher.attempt(delivery, receipt)
             except Exception as exc:  # a bug must cost one attempt, not the worker
                 log.exception("delivery_attempt_crashed", delivery_id=str(delivery.id))
                 attempted = Attempted(
@@ -252,16 +252,16 @@ class OutcomeWriter:
         self._observer = observer
         self._session: AsyncSession | None = None
         self._connection: AsyncConnection | None = None
-        self._fresh = False  # opened for the write in progress: a failure is not staleness
 
     async def write(self, outcomes: Sequence[Recorded]) -> None:
         updates = [update for update, _ in outcomes]
         attempts = [attempt for _, attempt in outcomes]
+        kept = self._connection is not None
         try:
             try:
                 await record_outcomes(await self._connect(), updates, attempts)
             except DBAPIError as exc:
-                if not exc.connection_invalidated or self._fresh:
+                if not (kept and exc.connection_invalidated):
                     raise
                 # The kept connection was dropped while idle (a restart, a proxy's timeout):
                 # once more on a new one, rather than leave these to be sent again.
@@ -270,7 +270,6 @@ class OutcomeWriter:
         except BaseException:
             await self._drop(invalidate=True)
             raise
-        self._fresh = False
         if self._observer is not None:
             self._observer(updates)
 
@@ -280,7 +279,6 @@ class OutcomeWriter:
             self._connection = await self._session.connection(
                 execution_options={"isolation_level": "AUTOCOMMIT"}
             )
-            self._fresh = True
         return self._connection
 
     async def _drop(self, *, invalidate: bool) -> None:

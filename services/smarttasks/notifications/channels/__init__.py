@@ -4,8 +4,8 @@ from smarttasks.notifications.channels.base import (
     Channel,
     OutboundMessage,
     Outcome,
+    OutcomeReceipt,
     Result,
-    Settlement,
 )
 from smarttasks.notifications.channels.factory import (
     EMAIL,
@@ -23,7 +23,7 @@ __all__ = [
     "OutboundMessage",
     "Outcome",
     "Result",
-    "Settlement",
+    "OutcomeReceipt",
     "UnknownChannel",
     "build_channels",
 ]

@@ -49,17 +49,17 @@ class Result:
         return cls(Outcome.SKIPPED, detail)
 
 
-class Settlement:
+class OutcomeReceipt:
     """When the outcome of sending one message has been recorded.
 
     The worker settles it once the outcome is committed (or the write failed). A channel
-    that must bound what a crash sends twice waits on the settlement of its last message
+    that must bound what a crash sends twice waits on the receipt of its last message
     before it sends the next; waiting asks the recorder to write now.
     """
 
     __slots__ = ("_done", "_hurry")
 
-    def __init__(self, hurry: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, hurry: Callable[[], None]) -> None:
         self._hurry = hurry
         self._done = asyncio.get_running_loop().create_future()
 
@@ -97,7 +97,7 @@ class OutboundMessage:
     url: str | None = None
     secret_ref: SecretRef | None = None
     payload: Mapping[str, Any] = field(default_factory=dict)
-    settlement: Settlement | None = None
+    receipt: OutcomeReceipt | None = None
 
 
 class Channel(Protocol):

@@ -9,7 +9,7 @@ import ssl
 import aiosmtplib
 import structlog
 
-from smarttasks.notifications.channels.base import OutboundMessage, Outcome, Result, Settlement
+from smarttasks.notifications.channels.base import OutboundMessage, Outcome, OutcomeReceipt, Result
 from smarttasks.notifications.channels.mime import (
     ComposedEmail,
     Composer,
@@ -37,7 +37,7 @@ class SmtpChannel:
     temporary: they are the service's configuration, not the message.
 
     A connection sends a message's data only once the outcome of the last message it had
-    accepted is recorded (its `Settlement`): a worker killed at any moment sends again at
+    accepted is recorded (its `OutcomeReceipt`): a worker killed at any moment sends again at
     most one email per connection.
     """
 
@@ -56,7 +56,6 @@ class SmtpChannel:
         pool_size: int = 4,
         tls_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.max_in_flight: int | None = pool_size
         self._host = host
         self._port = port
         self._composer = Composer(sender=parse_mailbox(sender), message_id_domain=message_id_domain)
@@ -94,7 +93,7 @@ class SmtpChannel:
             finally:
                 self._idle.append(connection)
             if result.outcome is Outcome.SENT:
-                connection.unrecorded = message.settlement
+                connection.unrecorded = message.receipt
             return result
 
     async def _submit(self, connection: _Connection, email: ComposedEmail) -> Result:
@@ -141,10 +140,10 @@ class SmtpChannel:
             raise
         return response.message
 
-    async def _until_recorded(self, settlement: Settlement) -> None:
+    async def _until_recorded(self, receipt: OutcomeReceipt) -> None:
         try:
             async with asyncio.timeout(self._timeout):
-                await settlement.recorded()
+                await receipt.recorded()
         except TimeoutError:  # the outcome write is stuck; sending beats stalling forever
             log.warning("smtp_previous_outcome_not_recorded", timeout_s=self._timeout)
 
@@ -161,10 +160,10 @@ class SmtpChannel:
 
 
 class _Connection:
-    """A pooled SMTP client and the settlement of the last message it had accepted."""
+    """A pooled SMTP client and the receipt of the last message it had accepted."""
 
     __slots__ = ("client", "unrecorded")
 
     def __init__(self, client: aiosmtplib.SMTP) -> None:
         self.client = client
-        self.unrecorded: Settlement | None = None
+        self.unrecorded: OutcomeReceipt | None = None
