@@ -31,6 +31,7 @@ class Target:
     server_name: str | None  # for TLS: SNI and certificate verification
 
 
+@functools.lru_cache(maxsize=4096)
 def is_public(address: IPAddress) -> bool:
     """Globally routable unicast: not loopback, private, link-local, CGNAT, multicast..."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
@@ -61,6 +62,7 @@ def parse_url(url: str) -> httpx.URL:
     return parsed
 
 
+@functools.lru_cache(maxsize=1024)
 def _literal_address(host: str) -> IPAddress | None:
     try:
         return ipaddress.ip_address(host)
