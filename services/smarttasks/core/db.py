@@ -46,11 +46,17 @@ def libpq_conninfo(engine: AsyncEngine) -> str:
 
 
 def create_engine(url: str, *, pool_size: int = 10, **kwargs: Any) -> AsyncEngine:
-    """An async engine whose pool survives database restarts (pre-ping, recycling)."""
+    """An async engine whose pool survives database restarts (pre-ping, recycling).
+
+    At most `pool_size` connections, each kept once opened: an overflow beyond the pool
+    would be closed on its return and opened again by the next burst, and a new
+    PostgreSQL connection (a forked backend, authentication, cold caches, statements not
+    yet prepared) costs many times the statement it serves.
+    """
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=0,
         pool_pre_ping=True,
         pool_recycle=1800,
         **kwargs,

@@ -33,7 +33,15 @@ class ServiceSettings(BaseSettings):
         default="",
         description="SQLAlchemy URL of PostgreSQL, e.g. postgresql+psycopg://user:pw@host/db.",
     )
-    database_pool_size: int = Field(default=10, ge=1, le=200, description="Connections kept open.")
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=200,
+        description=(
+            "The most connections one engine opens; each is kept once opened, and work "
+            "beyond that many waits for one."
+        ),
+    )
     log_level: str = Field(default="INFO", description="Lowest level that is logged.")
     log_json: bool | None = Field(
         default=None, description="JSON log lines; default: on in prod, off in dev."
