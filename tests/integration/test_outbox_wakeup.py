@@ -8,6 +8,8 @@ import uuid
 import psycopg
 import pytest
 from pydantic import BaseModel
+from sqlalchemy import bindparam, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from smarttasks.core.db import libpq_conninfo, unit_of_work
@@ -95,3 +97,39 @@ async def test_the_notifier_sends_the_outbox_name_after_commit(
                 async for notify in listener.notifies(stop_after=1):
                     assert notify.payload == name
             assert 1 <= notifier.sent <= 20
+
+
+async def test_a_change_written_along_with_its_event_stands_or_falls_with_it(
+    sessions: async_sessionmaker[AsyncSession], event_schema: EventSchema
+) -> None:
+    applied = event_schema.applied
+    change = applied.insert().values(
+        consumer=bindparam("change_consumer"),
+        event_id=bindparam("change_event_id"),
+        routing_key="thing.changed",
+        n=bindparam("change_n"),
+    )
+
+    async def write(event_id: uuid.UUID, n: int) -> None:
+        async with unit_of_work(sessions) as session:
+            await add_to_outbox(
+                session,
+                event_schema.outbox,
+                event_id=event_id,
+                exchange="smarttasks.events",
+                routing_key="thing.changed",
+                message=Thing(id=event_id, n=n),
+                along_with=(change, {"change_consumer": "c", "change_event_id": event_id,
+                                     "change_n": n}),
+            )  # fmt: skip
+
+    first = uuid.uuid4()
+    await write(first, 1)
+    # The outbox row fails (its event id is taken): the change it reports is not made.
+    with pytest.raises(IntegrityError):
+        await write(first, 2)
+    async with unit_of_work(sessions) as session:
+        changes = (await session.execute(select(applied.c.n))).scalars().all()
+        events = (await session.execute(select(event_schema.outbox.c.payload))).scalars().all()
+    assert changes == [1]
+    assert events == [{"id": str(first), "n": 1}]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import Insert
 
 from smarttasks.core.auth import Principal
 from smarttasks.core.events import EVENTS_EXCHANGE, Actor, TaskEvent, TaskEventType, TaskSnapshot
@@ -23,8 +24,12 @@ async def publish_task_event(
     task: Task,
     principal: Principal,
     changes: dict[str, list[Any]] | None = None,
+    along_with: tuple[Insert, dict[str, Any]] | None = None,
 ) -> TaskEvent:
-    """One event per change, carrying the full task after it and what changed."""
+    """One event per change, carrying the full task after it and what changed.
+
+    `along_with`: the statement making the change, written with the event in one statement.
+    """
     event = TaskEvent(
         type=kind,
         actor=Actor(user_id=principal.user_id, email=principal.email),
@@ -39,5 +44,6 @@ async def publish_task_event(
         routing_key=kind.value,
         message=event,
         aggregate_id=task.id,
+        along_with=along_with,
     )
     return event

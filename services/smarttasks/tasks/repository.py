@@ -6,9 +6,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, delete, insert, or_, select, true
+from sqlalchemy import ColumnElement, Table, and_, bindparam, delete, insert, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import Insert
 
 from smarttasks.core.auth import Principal
 from smarttasks.tasks.models import Task
@@ -17,7 +19,9 @@ from smarttasks.tasks.schemas import SortKey, TaskStatus
 
 _TABLE: Table = Task.__table__  # type: ignore[assignment]
 _COLUMNS = tuple(column.key for column in _TABLE.columns)
-_INSERT = insert(_TABLE)
+# Parameters named apart from any column, so that the statement can run as a CTE inside
+# the outbox row's insert (whose columns' own parameter names are reserved).
+_INSERT = insert(_TABLE).values({column: bindparam(f"task_{column}") for column in _COLUMNS})
 
 OPEN_STATUSES = (TaskStatus.TODO.value, TaskStatus.IN_PROGRESS.value)
 
@@ -51,14 +55,15 @@ class TaskRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
 
-    async def add(self, task: Task) -> Task:
-        """Insert a new, fully populated task with one statement.
+    @staticmethod
+    def insert(task: Task) -> tuple[Insert, dict[str, Any]]:
+        """The INSERT of a new, fully populated task and its parameters, for the caller to
+        run with the task's event (`publish_task_event(along_with=...)`).
 
         A plain INSERT rather than the session's unit of work: a created task is not
         changed again in its request, and the flush machinery cost more than the insert.
         """
-        await self.session.execute(_INSERT, {column: getattr(task, column) for column in _COLUMNS})
-        return task
+        return _INSERT, {f"task_{column}": getattr(task, column) for column in _COLUMNS}
 
     async def get_visible(
         self, task_id: uuid.UUID, principal: Principal, *, for_update: bool = False

@@ -54,8 +54,13 @@ async def create_task(session: AsyncSession, *, data: TaskCreate, principal: Pri
         updated_at=now,
         version=1,
     )
-    await TaskRepository(session).add(task)
-    await publish_task_event(session, kind=TaskEventType.CREATED, task=task, principal=principal)
+    await publish_task_event(
+        session,
+        kind=TaskEventType.CREATED,
+        task=task,
+        principal=principal,
+        along_with=TaskRepository.insert(task),
+    )
     log.info("task_created", task_id=str(task.id))
     return task
 
