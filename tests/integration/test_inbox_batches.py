@@ -71,6 +71,11 @@ async def test_runs_of_a_batchable_route_are_handled_in_one_call_in_order(
     async with engine.connect() as conn:
         recorded = await conn.scalar(select(func.count()).select_from(event_schema.inbox))
     assert recorded == 5
+    # An event applied by an earlier batch is a duplicate in a later one.
+    again = await apply_many(sessions, consumer, [(tasks, envelope("task.a", repeated)),
+                                                  (tasks, envelope("task.f"))])  # fmt: skip
+    assert again == [Outcome.DUPLICATE, Outcome.APPLIED]
+    assert calls[-1] == ("one", ["task.f"])
 
 
 async def test_a_failing_batch_handler_rolls_back_every_inbox_row(

@@ -12,8 +12,8 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Executable, Table, bindparam, delete, func, select
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Executable, String, Table, Uuid, bindparam, delete, func, select
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from smarttasks.core.messaging.envelope import Envelope
@@ -91,15 +91,23 @@ async def apply_many(
     outcomes: list[Outcome] = []
     async with sessions() as session:
         try:
+            # Every inbox row in one statement; an id claimed twice in the batch (a
+            # redelivery next to the original) counts once, for its first message.
+            ids = [envelope.id for _, envelope in items]
+            claimed = set(
+                (
+                    await session.execute(
+                        _claim_many_statement(consumer.inbox),
+                        {"consumer": consumer.name, "event_ids": ids},
+                    )
+                ).scalars()
+            )
             applied: list[tuple[Route, Envelope[Any]]] = []
             for route, envelope in items:
-                claimed = await session.execute(
-                    _claim_statement(consumer.inbox),
-                    {"consumer": consumer.name, "event_id": envelope.id},
-                )
-                if claimed.first() is None:
+                if envelope.id not in claimed:
                     outcomes.append(Outcome.DUPLICATE)
                     continue
+                claimed.discard(envelope.id)
                 applied.append((route, envelope))
                 outcomes.append(Outcome.APPLIED)
             # Consecutive messages of one route, in order.
@@ -123,6 +131,22 @@ def _claim_statement(inbox: Table) -> Executable:
     return (
         insert(inbox)
         .values(consumer=bindparam("consumer"), event_id=bindparam("event_id"))
+        .on_conflict_do_nothing()
+        .returning(inbox.c.event_id)
+    )
+
+
+@lru_cache(maxsize=64)
+def _claim_many_statement(inbox: Table) -> Executable:
+    # In id order, so two transactions claiming overlapping batches lock rows in the same
+    # order and cannot deadlock.
+    ids = select(func.unnest(bindparam("event_ids", type_=ARRAY(Uuid))).label("id")).subquery()
+    return (
+        insert(inbox)
+        .from_select(
+            ["consumer", "event_id"],
+            select(bindparam("consumer", type_=String), ids.c.id).distinct().order_by(ids.c.id),
+        )
         .on_conflict_do_nothing()
         .returning(inbox.c.event_id)
     )
