@@ -36,6 +36,7 @@ from typing import Any
 
 import aio_pika
 import psycopg
+import uvloop
 from sqlalchemy import text
 
 from bench.common import DOCS, RESULTS, machine, median, write_result, write_section
@@ -88,7 +89,7 @@ def consume_main(args: argparse.Namespace) -> int:
         await task
         await engine.dispose()
 
-    asyncio.run(run())
+    uvloop.run(run())  # as the services and the operator run
     return 0
 
 

@@ -13,6 +13,7 @@ import contextlib
 
 import kopf
 import structlog
+import uvloop
 
 from smarttasks.automation import API_GROUP, API_VERSION, PLURAL
 from smarttasks.automation.handlers import MEMO_KEY, OperatorState, registry
@@ -154,7 +155,8 @@ def main() -> int:
     configure_logging(json=config.json_logs, level=config.log_level)
     # The engine's and its consumer's metrics; the port is the messaging settings' one.
     serve_metrics(MessagingSettings().metrics_port)
-    asyncio.run(run_operator(config))
+    # uvloop, as kopf's own CLI and uvicorn (for the services) choose when it is installed.
+    uvloop.run(run_operator(config))
     return 0
 
 

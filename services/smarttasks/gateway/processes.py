@@ -80,13 +80,9 @@ def run_component(component: str, *, host: str, port: int, workers: int = 1) -> 
 
         return operator_main()
     if component == "relay":
-        import asyncio
+        from smarttasks.core.messaging.__main__ import main as relay_main
 
-        from smarttasks.core.messaging.relay import run_relay
-        from smarttasks.core.messaging.settings import MessagingSettings
-
-        asyncio.run(run_relay(MessagingSettings()))
-        return 0
+        return relay_main(["relay"])
     # An import string and a factory, so that each worker process builds its own app.
     uvicorn.run(
         f"{__name__}:{APPS[component]}",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 from collections.abc import Sequence
+
+import uvloop
 
 from smarttasks.core.logging import configure_logging
 from smarttasks.core.messaging.relay import run_relay
@@ -21,7 +22,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.parse_args(argv)
     settings = MessagingSettings()
     configure_logging(json=settings.json_logs, level=settings.log_level)
-    asyncio.run(run_relay(settings))
+    uvloop.run(run_relay(settings))  # the services run on it too, under uvicorn
     return 0
 
 
