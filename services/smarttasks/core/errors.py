@@ -9,6 +9,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = structlog.get_logger()
@@ -183,6 +185,10 @@ def _field_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     return out
 
 
+def _unavailable(detail: str) -> JSONResponse:
+    return problem(503, ServiceUnavailable.title, detail, headers={"Retry-After": "1"})
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Map AppError, validation errors, HTTP errors and anything unexpected to problem JSON."""
 
@@ -205,6 +211,20 @@ def install_error_handlers(app: FastAPI) -> None:
         title = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status_code, "Error")
         headers = dict(exc.headers) if exc.headers else None
         return problem(exc.status_code, title, str(exc.detail), headers=headers)
+
+    @app.exception_handler(DBAPIError)
+    async def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
+        if not (exc.connection_invalidated or isinstance(exc, OperationalError)):
+            return await _unexpected(_request, exc)
+        # The connection broke (a restart, a failover): the pool reconnects for the next
+        # request, so the caller may simply try again.
+        log.warning("database_unavailable", error=str(exc.orig))
+        return _unavailable("The database connection failed; try again.")
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_exhausted(_request: Request, exc: PoolTimeout) -> JSONResponse:
+        log.warning("database_pool_exhausted", error=str(exc))
+        return _unavailable("The service is busy; try again.")
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
