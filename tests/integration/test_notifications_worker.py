@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import text, update
 
-from smarttasks.core.db import unit_of_work
+from smarttasks.core.db import create_engine, create_sessionmaker, unit_of_work
 from smarttasks.notifications.models import Delivery
 from smarttasks.notifications.worker import OutcomeWriter, Recorded
 from tests.fixtures.smtp import Harness, SmtpServer, notification
@@ -147,21 +147,27 @@ async def test_an_outcome_writer_whose_kept_connection_died_writes_on_a_new_one(
 ) -> None:
     [first] = await harness.submit(notification())
     [second] = await harness.submit(notification())
-    writer = OutcomeWriter(harness.sessions, observer=harness.watcher)
+    # The writer on an engine of its own, so that its connection alone can be found and
+    # ended (the shared pool keeps other connections that ran the same statement).
+    name = f"outcome-writer-{uuid.uuid4().hex[:8]}"
+    engine = create_engine(harness.database_url, connect_args={"application_name": name})
+    writer = OutcomeWriter(create_sessionmaker(engine), observer=harness.watcher)
     try:
         await writer.write([sent_outcome(first)])
         async with unit_of_work(harness.sessions) as session:
             # As a database restart or a proxy's idle timeout leaves the kept connection.
             killed = await session.execute(
                 text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE query LIKE 'WITH no_flush_wait%' AND pid <> pg_backend_pid()"
-                )
+                    "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
+                    "WHERE application_name = :name"
+                ),
+                {"name": name},
             )
             assert killed.scalars().all() == [True]
         await writer.write([sent_outcome(second)])  # the outcome is not dropped
     finally:
         await writer.aclose()
+        await engine.dispose()
     for delivery_id in (first, second):
         assert (await harness.delivery(delivery_id)).status == "sent"
         assert len(await harness.attempts(delivery_id)) == 1
