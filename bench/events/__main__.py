@@ -462,7 +462,8 @@ def docs_section(result: dict[str, Any]) -> str:
             "connections beyond their size (32 lanes over a pool of 10 kept forking "
             "PostgreSQL backends), the consumer runs with the product's 8 lanes instead of "
             "the benchmark's own 32 (more of the waiting messages share a transaction), a "
-            "batch claims its inbox rows in one statement, and the benchmark's handler builds "
+            "batch claims its inbox rows in one statement, the relay and the consumer run on "
+            "uvloop (as the services do under uvicorn), and the benchmark's handler builds "
             "its INSERT once.",
             "",
         ]
