@@ -11,6 +11,7 @@ from smarttasks.core.auth import RemoteJWKS, TokenVerifier
 from smarttasks.core.db import create_engine, create_sessionmaker, ping
 from smarttasks.core.http import create_app
 from smarttasks.core.messaging.wakeup import notifying_relays
+from smarttasks.core.runtime import freeze_startup_objects
 from smarttasks.core.settings import ServiceSettings
 
 StateSetup = Callable[[FastAPI], None]
@@ -53,9 +54,11 @@ def create_service_app(
         try:
             async with notifying_relays(engine):
                 if background is None:
+                    freeze_startup_objects()
                     yield
                 else:
                     async with background(app):
+                        freeze_startup_objects()
                         yield
         finally:
             await engine.dispose()

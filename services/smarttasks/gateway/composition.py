@@ -20,6 +20,7 @@ from smarttasks.core.db import create_engine, create_sessionmaker, ping, unit_of
 from smarttasks.core.errors import NotFound
 from smarttasks.core.http import create_app
 from smarttasks.core.messaging import LocalRelay, MessagingSettings
+from smarttasks.core.runtime import freeze_startup_objects
 from smarttasks.notifications import app as notifications_app
 from smarttasks.notifications.consumers import notification_consumer
 from smarttasks.notifications.directory import Contact, InProcessUserDirectory
@@ -132,6 +133,7 @@ def create_embedded_app(
                     directory=in_process_directory(sessions),
                 ),
             ):
+                freeze_startup_objects()
                 yield
         await engine.dispose()
 
