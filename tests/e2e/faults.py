@@ -8,7 +8,6 @@ also serves the SMTP sessions.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -166,10 +165,4 @@ async def create_in_bulk(
     return created
 
 
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """The value below which `fraction` of `values` lie (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
-
-
-__all__ = ["Arrival", "CountingSink", "Created", "create_in_bulk", "percentile"]
+__all__ = ["Arrival", "CountingSink", "Created", "create_in_bulk"]
