@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from bench.common import free_port, machine, median, run, write_result, write_section
-from bench.load.sampler import tree
+from bench.load.sampler import measure
 from smarttasks.gateway.composition import migrate_all
 from smarttasks.gateway.embedded_db import EmbeddedPostgres
 
@@ -127,15 +126,9 @@ def token_for(base: str) -> str:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of the process tree under `pid`, so far."""
-    total = 0.0
-    for process in tree(pid):
-        try:
-            times = process.cpu_times()
-        except psutil.NoSuchProcess:  # a PostgreSQL backend that just exited
-            continue
-        total += times.user + times.system
-    return total
+    """CPU time of the process tree under `pid` so far, exited children included."""
+    measured = measure(pid)
+    return measured["cpu"] if measured else 0.0
 
 
 def api_run(

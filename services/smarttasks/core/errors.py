@@ -213,9 +213,9 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(exc.status_code, title, str(exc.detail), headers=headers)
 
     @app.exception_handler(DBAPIError)
-    async def _database(_request: Request, exc: DBAPIError) -> JSONResponse:
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
         if not (exc.connection_invalidated or isinstance(exc, OperationalError)):
-            return await _unexpected(_request, exc)
+            return await _unexpected(request, exc)
         # The connection broke (a restart, a failover): the pool reconnects for the next
         # request, so the caller may simply try again.
         log.warning("database_unavailable", error=str(exc.orig))

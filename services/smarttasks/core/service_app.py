@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 
 from fastapi import APIRouter, FastAPI
 
@@ -52,14 +52,10 @@ def create_service_app(
             setup(app)
         # Commits that add outbox rows wake the relays (a no-op for services without one).
         try:
-            async with notifying_relays(engine):
-                if background is None:
-                    freeze_startup_objects()
-                    yield
-                else:
-                    async with background(app):
-                        freeze_startup_objects()
-                        yield
+            beside = background(app) if background is not None else nullcontext()
+            async with notifying_relays(engine), beside:
+                freeze_startup_objects()
+                yield
         finally:
             await engine.dispose()
 

@@ -60,11 +60,7 @@ async def apply_once(
     """
     async with sessions() as session:
         try:
-            claimed = await session.execute(
-                _claim_statement(consumer.inbox),
-                {"consumer": consumer.name, "event_id": envelope.id},
-            )
-            if claimed.first() is None:
+            if not await _claim(session, consumer, [envelope.id]):
                 await session.rollback()
                 return Outcome.DUPLICATE
             await route.handler(session, envelope)
@@ -93,15 +89,7 @@ async def apply_many(
         try:
             # Every inbox row in one statement; an id claimed twice in the batch (a
             # redelivery next to the original) counts once, for its first message.
-            ids = [envelope.id for _, envelope in items]
-            claimed = set(
-                (
-                    await session.execute(
-                        _claim_many_statement(consumer.inbox),
-                        {"consumer": consumer.name, "event_ids": ids},
-                    )
-                ).scalars()
-            )
+            claimed = await _claim(session, consumer, [envelope.id for _, envelope in items])
             applied: list[tuple[Route, Envelope[Any]]] = []
             for route, envelope in items:
                 if envelope.id not in claimed:
@@ -125,20 +113,20 @@ async def apply_many(
     return outcomes
 
 
+async def _claim(
+    session: AsyncSession, consumer: Consumer, ids: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Insert the inbox rows of `ids`; returns those that were not there yet."""
+    claimed = await session.execute(
+        _claim_statement(consumer.inbox), {"consumer": consumer.name, "event_ids": list(ids)}
+    )
+    return set(claimed.scalars())
+
+
 @lru_cache(maxsize=64)
 def _claim_statement(inbox: Table) -> Executable:
-    # Built once per inbox: SQLAlchemy then reuses its cache key and compiled form.
-    return (
-        insert(inbox)
-        .values(consumer=bindparam("consumer"), event_id=bindparam("event_id"))
-        .on_conflict_do_nothing()
-        .returning(inbox.c.event_id)
-    )
-
-
-@lru_cache(maxsize=64)
-def _claim_many_statement(inbox: Table) -> Executable:
-    # In id order, so two transactions claiming overlapping batches lock rows in the same
+    # Built once per inbox: SQLAlchemy then reuses its cache key and compiled form. In id
+    # order, so two transactions claiming overlapping batches lock rows in the same
     # order and cannot deadlock.
     ids = select(func.unnest(bindparam("event_ids", type_=ARRAY(Uuid))).label("id")).subquery()
     return (
