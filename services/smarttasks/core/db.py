@@ -80,6 +80,7 @@ def create_engine(
         **kwargs,
     )
     _ping_when_idle(engine.sync_engine, ping_after_idle)
+    _refuse_second_statement(engine.sync_engine)
     return engine
 
 
@@ -106,6 +107,31 @@ def _ping_when_idle(engine: Engine, after: float) -> None:
             raise DisconnectionError(f"pooled connection failed its ping: {exc}") from exc
 
 
+class SecondStatementError(RuntimeError):
+    """A one-statement unit of work tried to run a second statement (a programming error:
+    the two would not be atomic)."""
+
+
+_ONE_STATEMENT = "smarttasks_one_statement"
+_STATEMENTS_RUN = "smarttasks.statements_run"
+
+
+def _refuse_second_statement(engine: Engine) -> None:
+    @event.listens_for(engine, "before_cursor_execute")
+    def _count(
+        conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+    ) -> None:
+        if not conn.get_execution_options().get(_ONE_STATEMENT):
+            return
+        run = conn.info.get(_STATEMENTS_RUN, 0)
+        if run:
+            raise SecondStatementError(
+                "a one-statement unit of work must not run a second statement; "
+                "use a transactional unit of work"
+            )
+        conn.info[_STATEMENTS_RUN] = run + 1
+
+
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
@@ -123,6 +149,23 @@ async def unit_of_work(sessions: async_sessionmaker[AsyncSession]) -> AsyncItera
             await session.commit()
 
 
+@asynccontextmanager
+async def one_statement(sessions: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
+    """A unit of work that is exactly one statement, run without BEGIN and COMMIT.
+
+    PostgreSQL runs a single statement atomically on its own (all its rows and
+    data-modifying CTEs, or none), so the explicit transaction around it would only add
+    two round trips to the server. A second statement raises `SecondStatementError`
+    before it runs. Commit hooks (the outbox's relay wake-up) still fire on success.
+    """
+    async with unit_of_work(sessions) as session:
+        connection = await session.connection(
+            execution_options={"isolation_level": "AUTOCOMMIT", _ONE_STATEMENT: True}
+        )
+        connection.info[_STATEMENTS_RUN] = 0
+        yield session
+
+
 async def ping(engine: AsyncEngine) -> None:
     """Raise if the database does not answer; used by `/readyz`."""
     async with engine.connect() as conn:
@@ -134,5 +177,12 @@ async def _request_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
+async def _one_statement_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with one_statement(request.app.state.sessions) as session:
+        yield session
+
+
 # scope="function": the commit happens before the response is sent, so a 2xx means committed.
 SessionDep = Annotated[AsyncSession, Depends(_request_session, scope="function")]
+OneStatementSessionDep = Annotated[AsyncSession, Depends(_one_statement_session, scope="function")]
+"""For endpoints whose work is one statement (see `one_statement`)."""

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Response, status
 
 from smarttasks.core.auth import CurrentPrincipal
-from smarttasks.core.db import SessionDep
+from smarttasks.core.db import OneStatementSessionDep, SessionDep
 from smarttasks.core.errors import BadRequest, problem_responses
 from smarttasks.core.validation import AwareIsoDatetime, StorableStr
 from smarttasks.tasks import service
@@ -46,7 +46,10 @@ def _parse_if_match(value: str | None) -> int | None:
     responses=COMMON,
 )
 async def create_task(
-    data: TaskCreate, principal: CurrentPrincipal, session: SessionDep, response: Response
+    data: TaskCreate,
+    principal: CurrentPrincipal,
+    session: OneStatementSessionDep,
+    response: Response,
 ) -> TaskOut:
     task = await service.create_task(session, data=data, principal=principal)
     response.headers["ETag"] = _etag(task)
@@ -62,7 +65,7 @@ async def create_task(
 )
 async def list_tasks(
     principal: CurrentPrincipal,
-    session: SessionDep,
+    session: OneStatementSessionDep,
     status_: Annotated[list[TaskStatus] | None, Query(alias="status", max_length=4)] = None,
     assignee: Annotated[str | None, Query(description="A user id, or `me`", max_length=36)] = None,
     project: Annotated[str | None, Query(max_length=63)] = None,
@@ -101,7 +104,10 @@ async def list_tasks(
 
 @router.get("/{task_id}", response_model=TaskOut, summary="Get a task", responses=ONE)
 async def get_task(
-    task_id: uuid.UUID, principal: CurrentPrincipal, session: SessionDep, response: Response
+    task_id: uuid.UUID,
+    principal: CurrentPrincipal,
+    session: OneStatementSessionDep,
+    response: Response,
 ) -> TaskOut:
     task = await service.get_task(session, task_id=task_id, principal=principal)
     response.headers["ETag"] = _etag(task)
