@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import psycopg
@@ -13,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from smarttasks.core.db import libpq_conninfo, unit_of_work
-from smarttasks.core.messaging.wakeup import notifying_relays
+from smarttasks.core.messaging.wakeup import OutboxNotifier, notifying_relays
 from smarttasks.core.outbox import (
     OUTBOX_CHANNEL,
     add_to_outbox,
@@ -97,6 +98,29 @@ async def test_the_notifier_sends_the_outbox_name_after_commit(
                 async for notify in listener.notifies(stop_after=1):
                     assert notify.payload == name
             assert 1 <= notifier.sent <= 20
+
+
+async def test_a_busy_process_sends_at_most_one_notification_per_interval(
+    engine: AsyncEngine,
+) -> None:
+    interval = 0.05
+    async with await psycopg.AsyncConnection.connect(
+        libpq_conninfo(engine), autocommit=True
+    ) as listener:
+        await listener.execute(f"LISTEN {OUTBOX_CHANNEL}")
+        notifier = OutboxNotifier(libpq_conninfo(engine), interval=interval)
+        async with notifier.running():
+            started = time.monotonic()
+            for n in range(150):
+                notifier.wake("busy.outbox" if n < 149 else "busy.last")
+                await asyncio.sleep(0.002)  # a producer committing about 500 times a second
+            # The last wake is never lost, only sent with the next notification.
+            async with asyncio.timeout(10):
+                async for notify in listener.notifies():
+                    if notify.payload == "busy.last":
+                        break
+            elapsed = time.monotonic() - started
+        assert 2 <= notifier.sent <= elapsed / interval + 2, (notifier.sent, elapsed)
 
 
 async def test_a_change_written_along_with_its_event_stands_or_falls_with_it(

@@ -4,9 +4,10 @@ A producer process attaches one `OutboxNotifier` to its database engine
 (`smarttasks.core.outbox.attach_outbox_waker`); every commit that added outbox rows
 then calls `wake(outbox)`, which only records the name. A background task sends
 `NOTIFY smarttasks_outbox, '<schema.table>'` on a connection of its own, one statement
-at a time: names recorded while one is in flight go out together in the next. So a busy
-process sends a notification per round trip, never one per request, and no producer
-transaction waits for it.
+at a time and at most one per `NOTIFY_INTERVAL_SECONDS`: names recorded meanwhile go out
+together in the next. So a busy process sends a bounded number of notifications (each a
+transaction on the server, serialised with the other notifying ones), never one per
+request, and no producer transaction waits for it.
 
 A notification lost (database restart, notifier reconnecting) costs latency, not
 events: relays also look for rows after `relay_idle_seconds` and whenever their LISTEN
@@ -33,12 +34,17 @@ log = structlog.get_logger()
 # Notifications are hints: their transactions need not wait for the WAL flush.
 _NOTIFY = "SELECT pg_notify(%s, name) FROM unnest(%s::text[]) AS name"
 
+NOTIFY_INTERVAL_SECONDS = 0.005
+"""Least time between two notifications of one process: the first commit after a quiet
+spell wakes the relays at once; under load, commits share notifications."""
+
 
 class OutboxNotifier:
     """Sends coalesced outbox notifications for one process; run it with `running()`."""
 
-    def __init__(self, conninfo: str) -> None:
+    def __init__(self, conninfo: str, *, interval: float = NOTIFY_INTERVAL_SECONDS) -> None:
         self._conninfo = conninfo
+        self._interval = interval
         self._pending: set[str] = set()
         self._signal = asyncio.Event()
         self.sent = 0
@@ -65,6 +71,8 @@ class OutboxNotifier:
                     await conn.execute(_NOTIFY, (OUTBOX_CHANNEL, names))
                     self.sent += 1
                     backoff.reset()
+                    # Pacing, not waiting for an event: wakes meanwhile go out together.
+                    await asyncio.sleep(self._interval)
                 except (psycopg.Error, OSError) as exc:
                     # Relays find these rows on their next look; keep the names for the
                     # next attempt all the same, so the delay stays short.
