@@ -5,8 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from pydantic import BaseModel
-from sqlalchemy import bindparam, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -17,40 +16,10 @@ from smarttasks.core.db import (
     one_statement,
     unit_of_work,
 )
-from smarttasks.core.outbox import add_to_outbox, outbox_waker_attached, qualified_name
-from tests.fixtures.amqp import EventSchema
+from smarttasks.core.outbox import outbox_waker_attached, qualified_name
+from tests.fixtures.amqp import EventSchema, WakeRecorder, write_thing_with_change
 
 pytestmark = pytest.mark.integration
-
-
-class Thing(BaseModel):
-    id: uuid.UUID
-    n: int
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.woken: list[str] = []
-
-    def wake(self, outbox: str) -> None:
-        self.woken.append(outbox)
-
-
-async def _write(session: AsyncSession, schema: EventSchema, event_id: uuid.UUID, n: int) -> None:
-    """A change and its event, as one statement (the way the tasks service creates a task)."""
-    change = schema.applied.insert().values(
-        consumer="c", event_id=bindparam("change_event_id"), routing_key="thing.changed",
-        n=bindparam("change_n"),
-    )  # fmt: skip
-    await add_to_outbox(
-        session,
-        schema.outbox,
-        event_id=event_id,
-        exchange="smarttasks.events",
-        routing_key="thing.changed",
-        message=Thing(id=event_id, n=n),
-        along_with=(change, {"change_event_id": event_id, "change_n": n}),
-    )
 
 
 async def _numbers(engine: AsyncEngine, schema: EventSchema) -> list[int]:
@@ -61,10 +30,10 @@ async def _numbers(engine: AsyncEngine, schema: EventSchema) -> list[int]:
 async def test_its_statement_stands_alone_and_its_commit_wakes_the_relays(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], event_schema: EventSchema
 ) -> None:
-    recorder = Recorder()
+    recorder = WakeRecorder()
     with outbox_waker_attached(engine, recorder):
         async with one_statement(sessions) as session:
-            await _write(session, event_schema, uuid.uuid4(), 1)
+            await write_thing_with_change(session, event_schema, uuid.uuid4(), 1)
             # No transaction around it: another connection sees the rows at once.
             assert await _numbers(engine, event_schema) == [1]
             assert recorder.woken == []
@@ -76,11 +45,11 @@ async def test_a_failed_statement_leaves_nothing_and_wakes_nobody(
 ) -> None:
     taken = uuid.uuid4()
     async with one_statement(sessions) as session:
-        await _write(session, event_schema, taken, 1)
-    recorder = Recorder()
+        await write_thing_with_change(session, event_schema, taken, 1)
+    recorder = WakeRecorder()
     with outbox_waker_attached(engine, recorder), pytest.raises(IntegrityError):
         async with one_statement(sessions) as session:
-            await _write(session, event_schema, taken, 2)  # the event id is taken
+            await write_thing_with_change(session, event_schema, taken, 2)  # the event id is taken
     assert await _numbers(engine, event_schema) == [1]
     assert recorder.woken == []
 
@@ -90,8 +59,8 @@ async def test_a_second_statement_is_refused_before_it_runs(
 ) -> None:
     with pytest.raises(SecondStatementError, match="second statement"):
         async with one_statement(sessions) as session:
-            await _write(session, event_schema, uuid.uuid4(), 1)
-            await _write(session, event_schema, uuid.uuid4(), 2)
+            await write_thing_with_change(session, event_schema, uuid.uuid4(), 1)
+            await write_thing_with_change(session, event_schema, uuid.uuid4(), 2)
     assert await _numbers(engine, event_schema) == [1]
 
 
@@ -108,14 +77,14 @@ async def test_its_connection_serves_transactions_again_afterwards(
         with pytest.raises(RuntimeError):
             async with unit_of_work(sessions) as session:
                 assert (await session.execute(text("SELECT pg_backend_pid()"))).scalar() == pid
-                await _write(session, event_schema, uuid.uuid4(), 1)
-                await _write(session, event_schema, uuid.uuid4(), 2)
+                await write_thing_with_change(session, event_schema, uuid.uuid4(), 1)
+                await write_thing_with_change(session, event_schema, uuid.uuid4(), 2)
                 raise RuntimeError("the change fails")
         assert await _numbers(pooled, event_schema) == []
         # The next one-statement unit on it may run its statement (the count starts over).
         for n in (3, 4):
             async with one_statement(sessions) as session:
-                await _write(session, event_schema, uuid.uuid4(), n)
+                await write_thing_with_change(session, event_schema, uuid.uuid4(), n)
         async with pooled.connect() as conn:
             assert (await conn.execute(select(func.pg_backend_pid()))).scalar() == pid
         assert await _numbers(pooled, event_schema) == [3, 4]

@@ -8,8 +8,7 @@ import uuid
 
 import psycopg
 import pytest
-from pydantic import BaseModel
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -21,22 +20,9 @@ from smarttasks.core.outbox import (
     outbox_waker_attached,
     qualified_name,
 )
-from tests.fixtures.amqp import EventSchema
+from tests.fixtures.amqp import EventSchema, Thing, WakeRecorder, write_thing_with_change
 
 pytestmark = pytest.mark.integration
-
-
-class Thing(BaseModel):
-    id: uuid.UUID
-    n: int
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.woken: list[str] = []
-
-    def wake(self, outbox: str) -> None:
-        self.woken.append(outbox)
 
 
 async def _add(session: AsyncSession, schema: EventSchema, n: int) -> None:
@@ -55,7 +41,7 @@ async def _add(session: AsyncSession, schema: EventSchema, n: int) -> None:
 async def test_a_commit_wakes_once_per_outbox_and_a_rollback_does_not(
     engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession], event_schema: EventSchema
 ) -> None:
-    recorder = Recorder()
+    recorder = WakeRecorder()
     name = qualified_name(event_schema.outbox)
     with outbox_waker_attached(engine, recorder):
         async with sessions() as session:
@@ -127,25 +113,10 @@ async def test_a_change_written_along_with_its_event_stands_or_falls_with_it(
     sessions: async_sessionmaker[AsyncSession], event_schema: EventSchema
 ) -> None:
     applied = event_schema.applied
-    change = applied.insert().values(
-        consumer=bindparam("change_consumer"),
-        event_id=bindparam("change_event_id"),
-        routing_key="thing.changed",
-        n=bindparam("change_n"),
-    )
 
     async def write(event_id: uuid.UUID, n: int) -> None:
         async with unit_of_work(sessions) as session:
-            await add_to_outbox(
-                session,
-                event_schema.outbox,
-                event_id=event_id,
-                exchange="smarttasks.events",
-                routing_key="thing.changed",
-                message=Thing(id=event_id, n=n),
-                along_with=(change, {"change_consumer": "c", "change_event_id": event_id,
-                                     "change_n": n}),
-            )  # fmt: skip
+            await write_thing_with_change(session, event_schema, event_id, n)
 
     first = uuid.uuid4()
     await write(first, 1)
