@@ -8,6 +8,7 @@ import secrets
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from smarttasks.core.events import EVENTS_EXCHANGE
 from smarttasks.core.messaging import (
+    Consumer,
     ConsumerRunner,
     Envelope,
     Outcome,
@@ -66,6 +68,40 @@ def topic() -> str:
     return f"t{secrets.token_hex(4)}"
 
 
+@dataclass
+class Kit:
+    """What a consumer test needs: the database, the broker, a schema and a topic of its own."""
+
+    engine: AsyncEngine
+    database_url: str
+    amqp_url: str
+    schema: EventSchema
+    channel: AbstractChannel
+    topic: str
+
+    def runner(
+        self, consumer: Consumer, on_settled: SettlementHook, **settings: Any
+    ) -> ConsumerRunner:
+        return ConsumerRunner(
+            consumer,
+            engine=self.engine,
+            settings=messaging_settings(self.database_url, self.amqp_url, **settings),
+            on_settled=on_settled,
+        )
+
+
+@pytest.fixture
+def kit(
+    engine: AsyncEngine,
+    database_url: str,
+    amqp_url: str,
+    event_schema: EventSchema,
+    channel: AbstractChannel,
+    topic: str,
+) -> Kit:
+    return Kit(engine, database_url, amqp_url, event_schema, channel, topic)
+
+
 async def publish(
     channel: AbstractChannel, routing_key: str, body: bytes | Mapping[str, Any]
 ) -> None:
@@ -105,21 +141,13 @@ async def applied_count(engine: AsyncEngine, schema: EventSchema, consumer: str)
     return int(count or 0)
 
 
-async def test_a_redelivered_event_is_acknowledged_without_being_applied_again(
-    engine: AsyncEngine,
-    database_url: str,
-    amqp_url: str,
-    event_schema: EventSchema,
-    channel: AbstractChannel,
-    topic: str,
-) -> None:
+async def test_a_redelivered_event_is_acknowledged_without_being_applied_again(kit: Kit) -> None:
+    engine, event_schema, channel, topic = kit.engine, kit.schema, kit.channel, kit.topic
     name = f"{topic}-dedupe"
     consumer = event_schema.consumer(name)
     consumer.add(f"{topic}.#", recording_handler(event_schema, name))
     log = SettlementLog()
-    runner = ConsumerRunner(
-        consumer, engine=engine, settings=messaging_settings(database_url, amqp_url), on_settled=log
-    )
+    runner = kit.runner(consumer, log)
     event_id = uuid.uuid4()
 
     async with consuming(runner):
@@ -135,13 +163,9 @@ async def test_a_redelivered_event_is_acknowledged_without_being_applied_again(
 
 
 async def test_poison_messages_are_dead_lettered_with_their_reason_and_the_consumer_goes_on(
-    engine: AsyncEngine,
-    database_url: str,
-    amqp_url: str,
-    event_schema: EventSchema,
-    channel: AbstractChannel,
-    topic: str,
+    kit: Kit,
 ) -> None:
+    engine, event_schema, channel, topic = kit.engine, kit.schema, kit.channel, kit.topic
     name = f"{topic}-poison"
     consumer = event_schema.consumer(name)
 
@@ -158,9 +182,7 @@ async def test_poison_messages_are_dead_lettered_with_their_reason_and_the_consu
     consumer.add(f"{topic}.greeted", greet, schema=Greeting)
     consumer.add(f"{topic}.refunded", refuse)
     log = SettlementLog()
-    runner = ConsumerRunner(
-        consumer, engine=engine, settings=messaging_settings(database_url, amqp_url), on_settled=log
-    )
+    runner = kit.runner(consumer, log)
     good = uuid.uuid4()
 
     async with consuming(runner):
@@ -192,14 +214,8 @@ async def test_poison_messages_are_dead_lettered_with_their_reason_and_the_consu
     assert await applied_count(engine, event_schema, name) == 1
 
 
-async def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(
-    engine: AsyncEngine,
-    database_url: str,
-    amqp_url: str,
-    event_schema: EventSchema,
-    channel: AbstractChannel,
-    topic: str,
-) -> None:
+async def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(kit: Kit) -> None:
+    engine, event_schema, channel, topic = kit.engine, kit.schema, kit.channel, kit.topic
     name = f"{topic}-failing"
     consumer = event_schema.consumer(name)
     record = recording_handler(event_schema, name)
@@ -214,10 +230,9 @@ async def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(
 
     consumer.add(f"{topic}.#", fail_for_odd)
     log = SettlementLog()
-    settings = messaging_settings(
-        database_url, amqp_url, consumer_retry_delays_seconds=[0.2, 0.5], consumer_max_attempts=3
+    runner = kit.runner(
+        consumer, log, consumer_retry_delays_seconds=[0.2, 0.5], consumer_max_attempts=3
     )
-    runner = ConsumerRunner(consumer, engine=engine, settings=settings, on_settled=log)
 
     async with consuming(runner):
         await publish(channel, f"{topic}.counted", event_body(uuid.uuid4(), n=1))
@@ -239,14 +254,8 @@ async def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(
     assert await applied_count(engine, event_schema, name) == 1
 
 
-async def test_a_handler_that_recovers_applies_the_event_once(
-    engine: AsyncEngine,
-    database_url: str,
-    amqp_url: str,
-    event_schema: EventSchema,
-    channel: AbstractChannel,
-    topic: str,
-) -> None:
+async def test_a_handler_that_recovers_applies_the_event_once(kit: Kit) -> None:
+    engine, event_schema, channel, topic = kit.engine, kit.schema, kit.channel, kit.topic
     name = f"{topic}-flaky"
     consumer = event_schema.consumer(name)
     record = recording_handler(event_schema, name)
@@ -261,12 +270,7 @@ async def test_a_handler_that_recovers_applies_the_event_once(
 
     consumer.add(f"{topic}.#", flaky)
     log = SettlementLog()
-    runner = ConsumerRunner(
-        consumer,
-        engine=engine,
-        settings=messaging_settings(database_url, amqp_url, consumer_max_attempts=5),
-        on_settled=log,
-    )
+    runner = kit.runner(consumer, log, consumer_max_attempts=5)
     event_id = uuid.uuid4()
 
     async with consuming(runner):
@@ -282,13 +286,9 @@ async def test_a_handler_that_recovers_applies_the_event_once(
 
 
 async def test_queues_are_declared_idempotently_and_a_second_consumer_shares_the_work(
-    engine: AsyncEngine,
-    database_url: str,
-    amqp_url: str,
-    event_schema: EventSchema,
-    channel: AbstractChannel,
-    topic: str,
+    kit: Kit,
 ) -> None:
+    engine, event_schema, channel, topic = kit.engine, kit.schema, kit.channel, kit.topic
     name = f"{topic}-shared"
     consumer = event_schema.consumer(name)
     consumer.add(f"{topic}.#", recording_handler(event_schema, name))
@@ -302,9 +302,8 @@ async def test_queues_are_declared_idempotently_and_a_second_consumer_shares_the
 
         return settle
 
-    settings = messaging_settings(database_url, amqp_url, consumer_prefetch=1)
-    first = ConsumerRunner(consumer, engine=engine, settings=settings, on_settled=counted("a"))
-    second = ConsumerRunner(consumer, engine=engine, settings=settings, on_settled=counted("b"))
+    first = kit.runner(consumer, counted("a"), consumer_prefetch=1)
+    second = kit.runner(consumer, counted("b"), consumer_prefetch=1)
 
     async with consuming(first), consuming(second):
         for n in range(20):
@@ -347,13 +346,9 @@ async def test_a_message_that_keeps_killing_its_consumer_is_dead_lettered_by_the
 
 
 async def test_waiting_messages_share_a_transaction_and_a_failure_unbatches_only_its_batch(
-    engine: AsyncEngine,
-    database_url: str,
-    amqp_url: str,
-    event_schema: EventSchema,
-    channel: AbstractChannel,
-    topic: str,
+    kit: Kit,
 ) -> None:
+    engine, event_schema, channel, topic = kit.engine, kit.schema, kit.channel, kit.topic
     name = f"{topic}-batch"
     consumer = event_schema.consumer(name)
     released = asyncio.Event()
@@ -373,10 +368,7 @@ async def test_waiting_messages_share_a_transaction_and_a_failure_unbatches_only
 
     consumer.add(f"{topic}.#", record)
     log = SettlementLog()
-    settings = messaging_settings(
-        database_url, amqp_url, consumer_concurrency=1, consumer_batch_size=10
-    )
-    runner = ConsumerRunner(consumer, engine=engine, settings=settings, on_settled=log)
+    runner = kit.runner(consumer, log, consumer_concurrency=1, consumer_batch_size=10)
     ids = [uuid.uuid4() for _ in range(40)]
     ids[4] = poison  # in the second batch: it rolls back and goes one by one
     ids[30] = ids[29]  # a redelivery inside a batch
