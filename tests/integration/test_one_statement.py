@@ -17,6 +17,7 @@ from smarttasks.core.db import (
     unit_of_work,
 )
 from smarttasks.core.outbox import outbox_waker_attached, qualified_name
+from smarttasks.tasks.models import Task
 from tests.fixtures.amqp import EventSchema, WakeRecorder, write_thing_with_change
 
 pytestmark = pytest.mark.integration
@@ -90,3 +91,12 @@ async def test_its_connection_serves_transactions_again_afterwards(
         assert await _numbers(pooled, event_schema) == [3, 4]
     finally:
         await pooled.dispose()
+
+
+async def test_a_flush_of_orm_changes_is_refused(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    with pytest.raises(SecondStatementError, match="flush"):
+        async with one_statement(sessions) as session:
+            session.add(Task(id=uuid.uuid4(), title="never written"))
+            await session.flush()
