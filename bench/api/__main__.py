@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 
 from bench.common import free_port, machine, median, run, write_result, write_section
-from bench.load.sampler import measure
+from bench.load.sampler import cpu_seconds
 from smarttasks.gateway.composition import migrate_all
 from smarttasks.gateway.embedded_db import EmbeddedPostgres
 
@@ -125,12 +125,6 @@ def token_for(base: str) -> str:
     return str(response.json()["access_token"])
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU time of the process tree under `pid` so far, exited children included."""
-    measured = measure(pid)
-    return measured["cpu"] if measured else 0.0
-
-
 def api_run(
     base: str,
     script: Path | None,
@@ -142,13 +136,13 @@ def api_run(
     """wrk's figures, plus the CPU milliseconds per request of each process tree in `cpu_of`.
 
     Without a script, wrk GETs `base` itself."""
-    before = {name: _cpu_seconds(pid) for name, pid in (cpu_of or {}).items()}
+    before = {name: cpu_seconds(pid) for name, pid in (cpu_of or {}).items()}
     lua = ["-s", str(script)] if script is not None else []
     out = run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *lua, base])
     result = parse_wrk(out)
     requests = result["rate"] * seconds
     for name, pid in (cpu_of or {}).items():
-        result[f"{name}_cpu_ms"] = (_cpu_seconds(pid) - before[name]) * 1000 / requests
+        result[f"{name}_cpu_ms"] = (cpu_seconds(pid) - before[name]) * 1000 / requests
     return result
 
 

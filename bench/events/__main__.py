@@ -43,6 +43,7 @@ import uvloop
 from sqlalchemy import text
 
 from bench.common import DOCS, RESULTS, machine, median, write_result, write_section
+from bench.load.sampler import cpu_seconds
 from smarttasks.core.messaging.settings import MessagingSettings
 from smarttasks.core.messaging.wakeup import OutboxNotifier
 
@@ -289,7 +290,7 @@ async def one_run(
         _log(f"run {run}: backlog drain ({args.events} events committed, then the relay)")
         backlog = await produce(conninfo, table, args.events, rate=None)
         producer_rate = args.events / (max(backlog.values()) - min(backlog.values()))
-        consumer_before = cpu_seconds(consumer.pid)
+        consumer_before = cpu_seconds(consumer.pid, children=False)
         relay = spawn_relay(
             database_url=database_url,
             amqp_url=amqp_url,
@@ -302,15 +303,18 @@ async def one_run(
         drain = {
             "events": args.events,
             "rate": args.events / (max(drained.values()) - min(drained.values())),
-            "relay_cpu_ms_per_event": 1000 * cpu_seconds(relay.pid) / args.events,
+            "relay_cpu_ms_per_event": 1000 * cpu_seconds(relay.pid, children=False) / args.events,
             "consumer_cpu_ms_per_event": 1000
-            * (cpu_seconds(consumer.pid) - consumer_before)
+            * (cpu_seconds(consumer.pid, children=False) - consumer_before)
             / args.events,
         }
         await reset(conninfo, schema.name)
 
         _log(f"run {run}: throughput ({args.events} events, {PRODUCERS} producers)")
-        cpu_before = {"relay": cpu_seconds(relay.pid), "consumer": cpu_seconds(consumer.pid)}
+        cpu_before = {
+            "relay": cpu_seconds(relay.pid, children=False),
+            "consumer": cpu_seconds(consumer.pid, children=False),
+        }
         commits = await produce(conninfo, table, args.events, rate=None)
         await wait_applied(conninfo, schema.name, args.events, timeout=1800)
         applied = await applied_times(conninfo, schema.name)
@@ -321,10 +325,10 @@ async def one_run(
             "rate": args.events / elapsed,
             "producer_rate": producer_rate,
             "relay_cpu_ms_per_event": 1000
-            * (cpu_seconds(relay.pid) - cpu_before["relay"])
+            * (cpu_seconds(relay.pid, children=False) - cpu_before["relay"])
             / args.events,
             "consumer_cpu_ms_per_event": 1000
-            * (cpu_seconds(consumer.pid) - cpu_before["consumer"])
+            * (cpu_seconds(consumer.pid, children=False) - cpu_before["consumer"])
             / args.events,
         }
         await reset(conninfo, schema.name)
@@ -368,15 +372,6 @@ async def steady(
         "max_ms": max(latencies),
         "mean_ms": statistics.fmean(latencies),
     }
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ------------------------------------------------------------------ reporting
@@ -489,11 +484,11 @@ def docs_section(result: dict[str, Any]) -> str:
             "pipeline the consumer is the bottleneck: it is CPU-bound at "
             f"{consumer_cpu:.2f} ms of CPU per event (≈ {consumer_cap:,.0f} "
             "events/s per core if it had one to itself). Most of it is per-message work the "
-            "design asks for — receiving, decoding and acknowledging each message, and the "
-            "handler's insert through SQLAlchemy (a round trip through asyncio and the "
-            "greenlet bridge) — plus a session, the inbox claim, pool check-out and commit "
-            "per transaction, which a lane shares only among the messages already waiting "
-            "in it; "
+            "design asks for — receiving, decoding and acknowledging each message — plus, "
+            "per transaction, a session, pool check-out, the inbox claim, the handler's "
+            "statement through SQLAlchemy (a round trip through asyncio and the greenlet "
+            "bridge) and the commit, which a lane shares only among the messages already "
+            "waiting in it; "
             "the relay needs only "
             f"{s['drain_relay_cpu_ms_per_event']:.2f} ms per event thanks to batching and "
             "pipelined confirms. The two cores are also shared by PostgreSQL and RabbitMQ, "

@@ -63,6 +63,13 @@ def measure(pid: int, *, children: bool = True) -> dict[str, float] | None:
     return {"rss": rss, "pss": pss, "cpu": cpu, "processes": alive}
 
 
+def cpu_seconds(pid: int, *, children: bool = True) -> float:
+    """CPU seconds (user + system) of the tree under `pid` (or of that one process) so
+    far, exited children included; 0 once it is gone."""
+    measured = measure(pid, children=children)
+    return measured["cpu"] if measured else 0.0
+
+
 @dataclass
 class Sampler:
     """Samples every watched tree each `interval` seconds until stopped."""
