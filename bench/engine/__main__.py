@@ -12,10 +12,10 @@
    deletions) against 1,000 compiled rules, through the engine's event path (index
    lookup, match incl. CEL, rendering); and the same through the whole handler with the
    database (projection, schedule arming with the rules' schedule kinds, firings, outbox),
-   in 8 lanes as the consumer runner has them (one task's events in one lane, in order):
-   one event per transaction (`handle`), then as the operator runs it: the runner's
-   `apply_many`, `--batch` events per transaction with their inbox rows, handed to
-   `handle_batch` at once.
+   in as many lanes as the consumer runner has by default (one task's events in one
+   lane, in order): one event per transaction (`handle`), then as the operator runs it:
+   the runner's `apply_many`, `--batch` events per transaction with their inbox rows,
+   handed to `handle_batch` at once.
 3. Memory: an engine process over 1,000,000 scheduled deadlines (the schedule lives in
    PostgreSQL); its peak RSS.
 

@@ -425,6 +425,11 @@ def docs_section(result: dict[str, Any]) -> str:
             else " (the pipeline does not sustain that rate here, so the queue grows)"
         )
     )
+    runs = "; ".join(
+        f"{r['drain']['rate']:,.0f} / {r['throughput']['rate']:,.0f} / "
+        f"{r['latency']['p99_ms']:,.0f} ms"
+        for r in result["runs"]
+    )
     consumer_cpu = s["drain_consumer_cpu_ms_per_event"]
     consumer_cap = 1000 / consumer_cpu if consumer_cpu else 0
     return "\n".join(
@@ -478,28 +483,33 @@ def docs_section(result: dict[str, Any]) -> str:
             "",
             f"Throughput target {rate_verdict}; p99 target at 1,000 events/s {p99_verdict}.",
             "",
-            "Why: on this machine even the reference — RabbitMQ alone, no database — moves "
-            f"{s['reference_events_per_s']:,.0f} messages/s, so {TARGET_RATE:,.0f} events/s "
-            "end to end is out of reach here whatever the relay and consumer do. Within the "
-            "pipeline the consumer is the bottleneck: it is CPU-bound at "
+            "Runs (backlog events/s, end to end events/s, p99 at "
+            f"{s['latency_offered_rate']:,.0f}/s): {runs}.",
+            "",
+            "Where the CPU goes: the consumer needs "
             f"{consumer_cpu:.2f} ms of CPU per event (≈ {consumer_cap:,.0f} "
-            "events/s per core if it had one to itself). Most of it is per-message work the "
-            "design asks for — receiving, decoding and acknowledging each message — plus, "
-            "per transaction, a session, pool check-out, the inbox claim, the handler's "
-            "statement through SQLAlchemy (a round trip through asyncio and the greenlet "
-            "bridge) and the commit, which a lane shares only among the messages already "
-            "waiting in it; "
-            "the relay needs only "
+            "events/s per core if it had one to itself): per message, receiving, decoding "
+            "and acknowledging it, and per transaction a session, pool check-out, the inbox "
+            "claim, the handler's statement through SQLAlchemy (a round trip through asyncio "
+            "and the greenlet bridge) and the commit, which a lane shares among the messages "
+            "waiting in it; the relay needs "
             f"{s['drain_relay_cpu_ms_per_event']:.2f} ms per event thanks to batching and "
             "pipelined confirms. The two cores are also shared by PostgreSQL and RabbitMQ, "
             "and in the end-to-end run by the producers, which alone commit "
             f"{s['producer_events_per_s']:,.0f} events/s here. The throughput scales by "
             "running more consumer replicas (they share the queue) on cores of their own. "
-            "Once the offered rate exceeds what the "
-            "consumer sustains, latency is queueing time and grows with the run; at "
-            f"{s['low_rate_offered_rate']:,.0f} events/s, which this machine sustains, the "
-            "latency is what a NOTIFY-woken relay, a publish with confirm and a consumer "
-            "commit add (its p99 includes the CPU contention between those processes).",
+            "Once the offered rate exceeds what the pipeline sustains, latency is queueing "
+            "time and grows with the run; at "
+            f"{s['low_rate_offered_rate']:,.0f} events/s the latency is what a NOTIFY-woken "
+            "relay, a publish with confirm and a consumer commit add (its p99 includes the "
+            "CPU contention between those processes)."
+            + (
+                " On this machine even the reference — RabbitMQ alone, no database — moves "
+                f"{s['reference_events_per_s']:,.0f} messages/s, so {TARGET_RATE:,.0f} "
+                "events/s end to end is out of reach here whatever the relay and consumer do."
+                if s["reference_events_per_s"] < TARGET_RATE
+                else ""
+            ),
             "",
             "What moved it from 226/s (2026-11-26): database pools no longer open and close "
             "connections beyond their size (32 lanes over a pool of 10 kept forking "
@@ -509,7 +519,12 @@ def docs_section(result: dict[str, Any]) -> str:
             "uvloop (as the services do under uvicorn), and the benchmark's handler builds "
             "its INSERT once and records a batch's rows in one statement. Until 2026-11-27 "
             "only the end-to-end figure was measured, with producers that could not commit "
-            "faster than about 800 events/s beside the relay and consumer.",
+            "faster than about 800 events/s beside the relay and consumer. On 2026-11-27 the "
+            "consumer's default went from 8 lanes to 2: with 8, lanes were mostly idle and "
+            "took each message as it came, so few messages shared a transaction (same "
+            "machine, same day, one run each: 8 lanes drained 2,183 events/s at 0.37 ms of "
+            "consumer CPU per event and had p99 121 ms at 1,000/s; 2 lanes 3,662 events/s at "
+            "0.19 ms, p99 38 ms; a larger prefetch for 8 lanes changed nothing).",
             "",
         ]
     )
