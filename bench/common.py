@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 from datetime import UTC, datetime
@@ -46,12 +45,6 @@ def machine() -> dict[str, Any]:
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tests.fixtures.ports import free_port
 
-from bench.common import free_port, machine, median, run, write_result, write_section
+from bench.common import machine, median, run, write_result, write_section
 from bench.load.sampler import cpu_seconds
 from smarttasks.gateway.composition import migrate_all
 from smarttasks.gateway.embedded_db import EmbeddedPostgres

@@ -34,8 +34,9 @@ import structlog
 import uvloop
 from httpx_aiohttp import AiohttpTransport
 from sqlalchemy import text
+from tests.fixtures.ports import free_port
 
-from bench.common import DOCS, RESULTS, free_port, machine, median, write_result, write_section
+from bench.common import DOCS, RESULTS, machine, median, write_result, write_section
 from smarttasks.core import migrations
 from smarttasks.core.db import create_engine, create_sessionmaker, unit_of_work
 from smarttasks.core.events import NotificationRequested, RuleRef, TaskSnapshot

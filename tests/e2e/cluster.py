@@ -37,11 +37,11 @@ from smarttasks.core.db import create_engine
 from tests.e2e.platforms import WAIT, Account, Email, Rule, RuleStatus, TimedSink, log_in
 from tests.fixtures.amqp import RabbitNode
 from tests.fixtures.k8s import ControlPlane
+from tests.fixtures.ports import free_port
 from tests.fixtures.processes import (
     START_TIMEOUT,
     ComponentProcess,
     component_env,
-    free_port,
     smarttasks_command,
 )
 from tests.fixtures.smtp import SmtpServer

@@ -37,8 +37,9 @@ from tests.e2e.platforms import (
     rest_rule_status,
     until,
 )
+from tests.fixtures.ports import free_port
 from tests.fixtures.processes import ComponentProcess, component_env, smarttasks_command
-from tests.fixtures.server import EmbeddedProcess, free_port
+from tests.fixtures.server import EmbeddedProcess
 
 SECRET_REF = {"name": "hook-secret", "key": "signing-key"}
 STATUS_INTERVAL = "0.5"
