@@ -232,11 +232,11 @@ def _section(result: dict[str, Any]) -> str:
         "the saturated service. The rate grows with tasks replicas on cores of their own "
         "(the service is stateless).",
         "",
-        "The figure follows the CPU the host gives: the same code measured 757/s, p99 "
-        "69 ms earlier on 2026-11-27, when a create took 2.16 ms of service CPU rather than "
-        "about 0.9 ms (the virtual machine's cores were slower or shared at the time); the "
-        "ratio to pgbench moves much less (0.053 then), so compare runs by it and by the "
-        "CPU per create.",
+        "The figure follows the CPU the host gives: an earlier run of 2026-11-27 measured "
+        "757/s, p99 69 ms, when a create took 2.16 ms of service CPU rather than about "
+        "0.9 ms (the virtual machine's cores were slower or shared at the time; the code "
+        "differed only by a guard worth about 20 µs per create); the ratio to pgbench "
+        "moves much less (0.053 then), so compare runs by it and by the CPU per create.",
         "",
         "What moved it from 341/s (2026-11-26) to the figure above: database pools no longer "
         "open and close connections beyond their size under load (each a forked PostgreSQL "
